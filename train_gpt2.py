@@ -1,0 +1,678 @@
+"""
+GPT-2 (124M and up) in one file: the model, the token-shard loader and the training loop.
+
+    python fineweb.py                                         # token shards into edu_fineweb10B/
+    python train_gpt2.py                                      # one GPU (or CPU / MPS)
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
+    python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
+
+Importing this file defines things and nothing else; training runs only under __main__.
+The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+EOT_TOKEN = 50256           # <|endoftext|> of the GPT-2 BPE: starts every document
+GPT2_VOCAB_SIZE = 50257     # real tokens; ids at or above this are embedding padding, never data
+PADDED_VOCAB_SIZE = 50304   # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest context, in tokens (learned position embeddings)
+    vocab_size: int = GPT2_VOCAB_SIZE  # rows of wte / lm_head; training pads it to PADDED_VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+
+# architecture presets: OpenAI's four GPT-2 sizes, plus small ones that train in minutes on a laptop CPU
+MODEL_PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),  # 16M, 13M of it the token embedding
+    "micro": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3.3M: smoke tests
+}
+
+
+class KVCache:
+    """One layer's keys and values for the positions seen so far, so generation feeds one token per step."""
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+        self.k = self.v = None  # allocated on first use, in the dtype autocast gives the keys
+        self.length = 0
+
+    def update(self, k, v):
+        B, nh, T, hs = k.shape
+        # causal masking below assumes new queries come either alone or into an empty cache
+        assert T == 1 or self.length == 0, "append one token at a time to a filled cache"
+        if self.k is None:
+            self.k = k.new_empty(B, nh, self.block_size, hs)
+            self.v = v.new_empty(B, nh, self.block_size, hs)
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        # query, key and value projections in one matmul, as in the GPT-2 checkpoint (c_attn)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        # a single new query sees every cached key; a block of queries needs the causal mask
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # flash attention where available
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 was trained with the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None):
+        # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual stream
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2 (Press & Wolf 2017)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_SCALE_INIT", False):
+                # GPT-2 paper: scale the residual projections by 1/sqrt(N), N = 2 additions per layer
+                std *= (2 * self.config.n_layer) ** -0.5
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        B, T = idx.size()
+        start = kv_cache[0].length if kv_cache else 0
+        assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache[i] if kv_cache else None)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_params(self, non_embedding=False):
+        """Parameters, the tied wte/lm_head counted once; non_embedding also leaves out wpe."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, T):
+        """Training FLOPs per token (PaLM paper, appendix B): 6 per weight plus attention's 12·L·H·Q·T."""
+        cfg = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    @classmethod
+    def from_pretrained(cls, name_or_path):
+        """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder."""
+        from transformers import GPT2LMHeadModel
+
+        if not Path(name_or_path).is_dir() and name_or_path not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+            raise SystemExit(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        except (OSError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(f"from_pretrained: cannot load {name_or_path!r} ({first_line}); check the network or pass a local folder")
+        hc = hf.config
+        if hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
+            raise SystemExit(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
+        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd)
+        model = cls(config)
+        sd = model.state_dict()
+        sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        assert set(sd_hf) == set(sd), f"unexpected keys: {set(sd_hf) ^ set(sd)}"
+        # HF keeps OpenAI's TensorFlow Conv1D layout, (in, out); nn.Linear wants (out, in)
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for k, v in sd_hf.items():
+                sd[k].copy_(v.t() if k.endswith(transposed) else v)
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, device_type):
+        # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding."""
+        block_size = self.config.block_size
+        kv_cache = None
+        for _ in range(max_new_tokens):
+            if kv_cache is None or kv_cache[0].length == block_size:
+                # (re)fill the cache from the last block_size tokens: once the window slides, every
+                # token's absolute position changes, so its cached keys are stale
+                kv_cache = [KVCache(block_size) for _ in self.transformer.h]
+                logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache)
+            else:
+                logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
+            logits = logits[:, -1, :GPT2_VOCAB_SIZE].float() / temperature  # padded ids are never sampled
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+# -----------------------------------------------------------------------------
+# data: uint16 token shards written by fineweb.py
+
+
+def load_shard(path):
+    """Memory-map one shard, refusing anything but a 1-D uint16 array of GPT-2 token ids."""
+    try:
+        tokens = np.load(path, mmap_mode="r")
+    except OSError as e:
+        raise SystemExit(f"shard {path} cannot be read ({e})")
+    except (ValueError, EOFError):
+        raise SystemExit(f"shard {path} is not a .npy array (truncated, or another format); rewrite it with fineweb.py")
+    if tokens.ndim != 1 or tokens.dtype != np.uint16:
+        raise SystemExit(f"shard {path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 tokens; rewrite it with fineweb.py")
+    # checked up front (a second or so per GB) so a bad shard stops the run before it writes anything
+    if len(tokens) and int(tokens.max()) >= GPT2_VOCAB_SIZE:
+        raise SystemExit(f"shard {path} holds token id {int(tokens.max())}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by fineweb.py")
+    return tokens
+
+
+class DataLoaderLite:
+    """
+    Batches of (B, T) tokens from the shards of one split, read as one endless stream: the split's
+    shards end to end, epoch after epoch (train shards in a new seeded order each epoch). Every
+    micro-step consumes B·T·world_size tokens and rank r reads the r-th B·T slice of them (+1 token for
+    the last target), so one rank accumulating k micro-steps sees exactly the tokens of k ranks.
+    """
+
+    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0):
+        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        paths = sorted(Path(data_dir).glob(f"*_{split}_*.npy"))
+        if not paths:
+            raise SystemExit(f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its output")
+        self.shards = [load_shard(p) for p in paths]
+        self.total_tokens = sum(len(s) for s in self.shards)
+        if self.total_tokens < 2:
+            raise SystemExit(f"the {split} shards in {data_dir} hold {self.total_tokens} tokens: too few to train on")
+        self.position = 0  # tokens of the stream consumed by all ranks together
+
+    def _order(self, epoch):
+        if not self.shuffle:
+            return np.arange(len(self.shards))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+
+    def read(self, position, n):
+        """n tokens of the stream starting at position, crossing shard and epoch boundaries."""
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            epoch, offset = divmod(position + filled, self.total_tokens)
+            order = self._order(epoch)
+            ends = np.cumsum([len(self.shards[i]) for i in order])
+            k = int(np.searchsorted(ends, offset, side="right"))  # the shard holding `offset`
+            start = offset - (ends[k] - len(self.shards[order[k]]))
+            take = min(n - filled, int(ends[k] - offset))
+            out[filled : filled + take] = self.shards[order[k]][start : start + take]
+            filled += take
+        return out
+
+    def batch_at(self, position, B):
+        """B rows of T inputs starting at a stream position, with their next-token targets."""
+        buf = torch.from_numpy(self.read(position, B * self.T + 1))
+        return buf[:-1].view(B, self.T), buf[1:].view(B, self.T)
+
+    def next_batch(self):
+        x, y = self.batch_at(self.position + self.rank * self.B * self.T, self.B)
+        self.position += self.B * self.T * self.world_size
+        return x, y
+
+    def state_dict(self):
+        return {"position": self.position, "total_tokens": self.total_tokens}
+
+    def load_state_dict(self, state):
+        if state["total_tokens"] != self.total_tokens:
+            raise SystemExit(f"the checkpoint read a split of {state['total_tokens']} tokens, --data_dir now holds {self.total_tokens}: resume with the data it was trained on")
+        self.position = state["position"]
+
+
+# -----------------------------------------------------------------------------
+# training configuration: its fields are the command-line flags
+
+
+def flag(default, help, **kwargs):
+    return field(default=default, metadata=dict(help=help, **kwargs))
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
+    log_dir: str = flag("log", "where log.txt and the checkpoints go")
+    model: str = flag("gpt2", "architecture preset", choices=list(MODEL_PRESETS))
+    n_layer: int | None = flag(None, "override the preset's number of layers")
+    n_head: int | None = flag(None, "override the preset's number of attention heads")
+    n_embd: int | None = flag(None, "override the preset's embedding width")
+    batch_size: int = flag(64, "B: sequences per micro-step per process")
+    seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
+    total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, ~0.5M as in GPT-3 small); gradient accumulation makes up the rest")
+    max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small); cosine-decays to 10%% of it")
+    warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
+    max_steps: int = flag(19073, "optimizer steps (19073 x 524288 tokens = 10B tokens, one epoch of FineWeb-Edu 10B)")
+    weight_decay: float = flag(0.1, "AdamW weight decay on matmul weights and embeddings")
+    grad_clip: float = flag(1.0, "clip the global gradient norm to this")
+    eval_interval: int = flag(250, "steps between validation runs (0: only at the end)")
+    val_tokens: int = flag(10485760, "tokens of the val split to evaluate, all processes together")
+    sample_interval: int = flag(250, "steps between printed samples (0: never)")
+    checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
+    resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
+    compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
+    dtype: str = flag("auto", "auto = bfloat16 autocast on GPUs and CPUs with native bf16, else float32", choices=["auto", "float32", "bfloat16"])
+    device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
+    shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
+    seed: int = flag(1337, "seed for initialization, shard order and samples")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
+        kwargs = dict(f.metadata)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+        parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    positive = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens"]
+    for name in positive + ["n_layer", "n_head", "n_embd"]:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1, got {value}")
+    for name in ["warmup_steps", "eval_interval", "sample_interval", "checkpoint_interval"]:
+        if getattr(cfg, name) < 0:
+            parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
+        parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        parser.error(f"--device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    model_config = make_model_config(cfg)
+    if model_config.n_embd % model_config.n_head:
+        parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
+    if cfg.seq_len > model_config.block_size:
+        parser.error(f"--seq_len {cfg.seq_len} exceeds the {cfg.model} block_size of {model_config.block_size}")
+    return cfg
+
+
+def make_model_config(cfg):
+    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
+    return GPTConfig(**{**MODEL_PRESETS[cfg.model], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
+
+
+def get_lr(step, cfg):
+    """Linear warmup, then cosine decay to 10% of max_lr at max_steps (GPT-3 paper, appendix B)."""
+    min_lr = 0.1 * cfg.max_lr
+    if step < cfg.warmup_steps:
+        return cfg.max_lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.max_lr - min_lr)
+
+
+# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
+GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
+
+
+def pick_device(name, local_rank):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else local_rank
+        if index >= torch.cuda.device_count():
+            raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices; use --device auto or cpu")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: MPS is not available here; use --device auto or cpu")
+    return device
+
+
+def use_bf16(dtype, device):
+    if dtype != "auto":
+        return dtype == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: <log_dir>/model_<step:05d>.pt holds the state after `step` optimizer steps
+
+
+def checkpoint_paths(log_dir):
+    """Complete checkpoints in log_dir, oldest first (temporary files never match)."""
+    found = [(int(m.group(1)), p) for p in Path(log_dir).glob("model_*.pt") if (m := re.fullmatch(r"model_(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(path, state):
+    # write beside the final name, then rename: a crash mid-write never leaves a half file under it
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """A checkpoint dict (plain containers and tensors only, so weights_only loading is safe)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
+        raise SystemExit(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
+
+
+def load_newest_checkpoint(log_dir, log):
+    """The newest checkpoint in log_dir that loads, skipping damaged ones; None if there is none."""
+    for path in reversed(checkpoint_paths(log_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except SystemExit as e:
+            log(f"{e}; trying an older one")
+    return None, None
+
+
+def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
+    """Mean loss over the first n_seqs sequences of the val stream; each rank scores a contiguous share."""
+    T = val_loader.T
+    first, last = rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
+    loss_sum = torch.zeros((), device=device)
+    with torch.no_grad():
+        for i in range(first, last, batch_size):
+            x, y = val_loader.batch_at(i * T, min(batch_size, last - i))
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            loss_sum += loss.float() * y.numel()  # summed, not averaged, so uneven shares weigh right
+    if world_size > 1:
+        torch.distributed.all_reduce(loss_sum)
+    return loss_sum.item() / (n_seqs * T)
+
+
+def rewrite_log(path, keep):
+    """Keep the log lines for which keep(step, kind) holds: a resumed run drops what came after its checkpoint."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True) if keep(int(line.split()[0]), line.split()[1])]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# the training script
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+
+    # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process
+    ddp = "RANK" in os.environ
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    master = rank == 0
+    log = print if master else (lambda *args, **kwargs: None)
+    device = pick_device(cfg.device, local_rank)
+
+    B, T = cfg.batch_size, cfg.seq_len
+    tokens_per_micro_step = B * T * world_size
+    if cfg.total_batch_size % tokens_per_micro_step:
+        raise SystemExit(
+            f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
+            f"{B} x {T} x {world_size} = {tokens_per_micro_step}; change one of them"
+        )
+    grad_accum_steps = cfg.total_batch_size // tokens_per_micro_step
+
+    train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
+    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
+    val_seqs = min(cfg.val_tokens, val_loader.total_tokens - 1) // T
+    if val_seqs == 0:
+        raise SystemExit(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+
+    log_dir = Path(cfg.log_dir)
+    resume_path, checkpoint = load_newest_checkpoint(log_dir, log) if cfg.resume else (None, None)
+    if not cfg.resume and checkpoint_paths(log_dir):
+        raise SystemExit(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
+    if cfg.resume and checkpoint is None and checkpoint_paths(log_dir):
+        raise SystemExit(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
+    model_config = make_model_config(cfg)
+    if checkpoint is not None and checkpoint["config"] != dataclasses.asdict(model_config):
+        raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
+
+    if ddp:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls left outside autocast
+    bf16 = use_bf16(cfg.dtype, device)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)
+    raw_model = GPT(model_config).to(device)
+    model = torch.compile(raw_model) if compile_model else raw_model
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
+
+    start_step, val_loss = 0, None
+    log_file = log_dir / "log.txt"
+    if checkpoint is not None:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        train_loader.load_state_dict(checkpoint["train_loader"])
+        torch.set_rng_state(checkpoint["rng"]["cpu"])
+        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
+        start_step, val_loss = checkpoint["step"], checkpoint["val_loss"]
+        log(f"resuming from {resume_path} at step {start_step}")
+    elif cfg.resume:
+        log(f"no checkpoint in {log_dir} to resume from: starting a new run")
+    if master:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:
+            log_file.write_text("")
+        else:  # the checkpoint's own val line stays; anything logged after it is redone
+            rewrite_log(log_file, lambda step, kind: step < start_step or (step == start_step and kind != "train"))
+
+    log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {model_config}")
+    log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
+    log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
+    log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
+    if val_seqs * T < cfg.val_tokens:
+        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
+    flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
+    peak = peak_flops(device)
+    if cfg.sample_interval and master:
+        import tiktoken
+
+        enc = tiktoken.get_encoding("gpt2")
+
+    for step in range(start_step, cfg.max_steps + 1):
+        last_step = step == cfg.max_steps
+        resumed_here = checkpoint is not None and step == start_step  # evaluated and saved before the interruption
+
+        if not resumed_here and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last_step):
+            val_loss = evaluate(model, val_loader, val_seqs, B, rank, world_size, device, autocast)
+            log(f"step {step} | val loss {val_loss:.4f}")
+            if master:
+                with open(log_file, "a") as f:
+                    f.write(f"{step} val {val_loss:.4f}\n")
+
+        if master and step > start_step and ((cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last_step):
+            save_checkpoint(
+                log_dir / f"model_{step:05d}.pt",
+                {
+                    "model": raw_model.state_dict(),
+                    "config": dataclasses.asdict(model_config),
+                    "step": step,
+                    "val_loss": val_loss,
+                    "optimizer": optimizer.state_dict(),
+                    "train_loader": train_loader.state_dict(),
+                    "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                    "args": dataclasses.asdict(cfg),
+                },
+            )
+        if last_step:
+            break
+
+        if master and cfg.sample_interval and step > 0 and step % cfg.sample_interval == 0 and not resumed_here:
+            prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the training RNG alone
+            with autocast:
+                rows = raw_model.generate(prompt, max_new_tokens=32, top_k=50, generator=generator)
+            for i, row in enumerate(rows.tolist()):
+                log(f"sample {i}: {enc.decode(row)!r}")
+
+        # one optimizer step, timed on its own
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum_steps):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP decides in forward whether the backward all-reduces: only the last micro-step syncs
+            sync = not ddp or micro_step == grad_accum_steps - 1
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with autocast:
+                    _, loss = model(x, y)
+                loss = loss / grad_accum_steps  # the gradient of the mean over the whole batch, not the sum
+                loss_accum += loss.detach()
+                loss.backward()
+        if ddp:
+            torch.distributed.all_reduce(loss_accum)  # gloo has no AVG: sum, then divide
+            loss_accum /= world_size
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        loss_value = loss_accum.item()
+        if not math.isfinite(loss_value):
+            raise SystemExit(f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in {log_dir} are untouched")
+
+        tokens_per_sec = cfg.total_batch_size / dt
+        mfu = f"{100 * flops_per_step / dt / world_size / peak:.2f}%" if peak else "n/a"
+        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {mfu}")
+        if master:
+            with open(log_file, "a") as f:
+                f.write(f"{step} train {loss_value:.6f}\n")
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
