@@ -87,7 +87,7 @@ def read_parquet(path, column, skip):
     pf = open_parquet(path, column)
     rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
     first = skipped = 0
-    while first < len(rows) and skipped + rows[first] <= skip:  # whole row groups are skipped unread
+    while first < len(rows) and skipped + rows[first] < skip:  # whole row groups are skipped unread
         skipped += rows[first]
         first += 1
     if first == len(rows):  # (iter_batches reads nothing for an empty row_groups list, but be explicit)

@@ -204,6 +204,24 @@ class GPT(nn.Module):
                 sd[k].copy_(v.t() if k.endswith(transposed) else v)
         return model
 
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu"):
+        """Our GPT from a training checkpoint: a model_*.pt file, or a log dir (its newest checkpoint)."""
+        path = Path(path)
+        if path.is_dir():
+            found = checkpoint_paths(path)
+            if not found:
+                raise SystemExit(f"no checkpoint (model_*.pt) in {path}: train one first, or name a checkpoint file")
+            path = found[-1]
+        elif not path.is_file():
+            raise SystemExit(f"checkpoint {path} does not exist")
+        checkpoint = load_checkpoint(path, device)
+        if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+            raise SystemExit(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
+        model = cls(GPTConfig(**checkpoint["config"])).to(device)
+        model.load_state_dict(checkpoint["model"])
+        return model
+
     def configure_optimizers(self, weight_decay, learning_rate, device_type):
         # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
         params = [p for p in self.parameters() if p.requires_grad]
@@ -215,18 +233,19 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_kv_cache=True):
+        """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding.
+        use_kv_cache=False recomputes the whole context for every token (for benchmarks)."""
         block_size = self.config.block_size
         kv_cache = None
         for _ in range(max_new_tokens):
-            if kv_cache is None or kv_cache[0].length == block_size:
+            if kv_cache is not None and kv_cache[0].length < block_size:
+                logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
+            else:
                 # (re)fill the cache from the last block_size tokens: once the window slides, every
                 # token's absolute position changes, so its cached keys are stale
-                kv_cache = [KVCache(block_size) for _ in self.transformer.h]
+                kv_cache = [KVCache(block_size) for _ in self.transformer.h] if use_kv_cache else None
                 logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache)
-            else:
-                logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
             logits = logits[:, -1, :GPT2_VOCAB_SIZE].float() / temperature  # padded ids are never sampled
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]

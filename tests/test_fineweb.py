@@ -1,0 +1,288 @@
+"""fineweb.py: text in, GPT-2 token shards out (the contract of DESIGN.md), restartable, and clear about bad input."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiktoken
+
+import fineweb
+
+FINEWEB = str(Path(fineweb.__file__))
+EOT = 50256
+enc = tiktoken.get_encoding("gpt2")
+
+
+def reference(docs):
+    """What the shards must hold: every document as [EOT] + encode_ordinary(text), in order."""
+    return np.array([t for doc in docs for t in [EOT] + enc.encode_ordinary(doc)], dtype=np.uint16)
+
+
+def shards(out):
+    """The shard files of a folder by index, checking their names and that each is a 1-D uint16 array."""
+    paths = sorted(out.glob("*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    arrays = []
+    for index, path in enumerate(paths):
+        assert re.fullmatch(rf"\w+_{'val' if index == 0 else 'train'}_{index:06d}\.npy", path.name), path.name
+        array = np.load(path)
+        assert array.ndim == 1 and array.dtype == np.uint16, path.name
+        arrays.append(array)
+    return arrays
+
+
+def run(*args, cwd=None, env=None):
+    """fineweb.py in a subprocess, as a user runs it (TIKTOKEN_CACHE_DIR comes from conftest via os.environ)."""
+    return subprocess.run([sys.executable, FINEWEB, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def folder_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def write_parquet(path, docs, row_group_size=7):
+    """A parquet file with FineWeb-Edu's schema, several row groups."""
+    n = len(docs)
+    table = pa.table({
+        "text": docs,
+        "id": [f"<urn:uuid:{i:08d}-0000-0000-0000-000000000000>" for i in range(n)],
+        "dump": ["CC-MAIN-2013-20"] * n,
+        "url": [f"http://example.com/{i}" for i in range(n)],
+        "date": ["2013-05-18T05:48:54Z"] * n,
+        "file_path": ["s3://commoncrawl/crawl-data/CC-MAIN-2013-20/segments/0.warc.gz"] * n,
+        "language": ["en"] * n,
+        "language_score": [0.97] * n,
+        "token_count": [len(enc.encode_ordinary(d)) for d in docs],
+        "score": [3.1] * n,
+        "int_score": [3] * n,
+    })
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def write_jsonl(path, docs):
+    with open(path, "w", encoding="utf-8") as f:
+        for i, doc in enumerate(docs):
+            f.write(json.dumps({"id": i, "text": doc}) + "\n")
+        f.write("\n")  # a trailing blank line is not a document
+
+
+@pytest.fixture(scope="module")
+def paragraphs(shared_data):
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    return text.split("\n\n")
+
+
+@pytest.fixture
+def corpus(tmp_path, paragraphs):
+    """Documents in .jsonl, .txt (through a glob) and .parquet, given out of alphabetical order,
+    with the awkward cases: empty text, \\r\\n, non-ASCII, and the EOT's text, which is ordinary text."""
+    tricky = ["", "line one\r\nline two\r\n", "naïve café, 東京 🙂", "not an EOT: <|endoftext|>", "   "]
+    jsonl, txt, parquet = paragraphs[:60] + tricky, paragraphs[60:63] + tricky[1:3], paragraphs[63:150] + tricky
+    write_jsonl(tmp_path / "z.jsonl", jsonl)
+    (tmp_path / "txt").mkdir()
+    for name, doc in zip(["01.txt", "02.txt", "10.txt", "11.txt", "12.txt"], txt):
+        (tmp_path / "txt" / name).write_bytes(doc.encode())
+    write_parquet(tmp_path / "a.parquet", parquet)
+    inputs = [tmp_path / "z.jsonl", tmp_path / "txt" / "*.txt", tmp_path / "a.parquet"]
+    return inputs, jsonl + txt + parquet
+
+
+def test_shards_hold_eot_plus_tokens_of_every_document_in_order(tmp_path, corpus):
+    inputs, docs = corpus
+    result = run("--input", *inputs, "--out", tmp_path / "out", "--shard_size", 997)
+    assert result.returncode == 0, result.stderr
+    arrays = shards(tmp_path / "out")
+    assert len(arrays) > 5
+    assert all(len(a) == 997 for a in arrays[:-1]) and 0 < len(arrays[-1]) <= 997
+    np.testing.assert_array_equal(np.concatenate(arrays), reference(docs))
+    assert f"{len(docs):,} documents" in result.stdout
+
+
+def test_one_and_two_processes_write_identical_bytes(tmp_path, corpus):
+    inputs, _ = corpus
+    for n in (1, 2):
+        assert run("--input", *inputs, "--out", tmp_path / f"out{n}", "--prefix", "p", "--shard_size", 1000, "--num_proc", n).returncode == 0
+    assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
+
+
+def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(tmp_path, shared_data):
+    path = shared_data / "tinyshakespeare" / "input.txt"
+    result = run("--input", path, "--shard_size", 32768, cwd=tmp_path)  # default --out and --prefix
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "tinyshakespeare"
+    assert (out / "tinyshakespeare_val_000000.npy").exists() and (out / "tinyshakespeare_train_000001.npy").exists()
+    tokens = np.concatenate(shards(out))
+    assert len(tokens) == len(enc.encode_ordinary(path.read_text())) + 1
+    np.testing.assert_array_equal(tokens, reference([path.read_text()]))
+
+
+def test_hugging_face_dataset_path_reads_the_same_documents(tmp_path, corpus):
+    """The FineWeb-Edu code path (load_dataset), here on a local parquet folder, with and without streaming."""
+    _, docs = corpus
+    (tmp_path / "hub").mkdir()
+    write_parquet(tmp_path / "hub" / "train-00000.parquet", docs)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    for streaming in ([], ["--streaming"]):
+        out = tmp_path / f"out{len(streaming)}"
+        result = run("--dataset", tmp_path / "hub", "--out", out, "--shard_size", 1000, *streaming, env=env)
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_array_equal(np.concatenate(shards(out)), reference(docs))
+
+
+@pytest.fixture
+def big_corpus(tmp_path, shared_data):
+    """~3M tokens in FineWeb-sized documents (~1k tokens): long enough to interrupt a run."""
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    return [text[i:i + 4000] for shift in range(0, 1000, 100) for i in range(shift, len(text), 4000)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished_shards(tmp_path, big_corpus, fmt):
+    path = tmp_path / f"docs.{fmt}"
+    write_jsonl(path, big_corpus) if fmt == "jsonl" else write_parquet(path, big_corpus, row_group_size=100)
+    args = ["--input", path, "--prefix", "docs", "--shard_size", 100_003]  # shards end inside documents
+    assert run(*args, "--out", tmp_path / "whole").returncode == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, FINEWEB, *map(str, args), "--out", str(out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while len(list(out.glob("*.npy"))) < 3 and proc.poll() is None:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its tokenizer processes, with no chance to clean up
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed: make the input bigger"
+    shards(out)  # every file under a final shard name is complete
+    manifest = json.loads((out / "manifest.json").read_text())
+    finished = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in manifest["shards"]}
+    assert finished and not manifest["complete"]
+
+    result = run(*args, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert folder_bytes(out) == folder_bytes(tmp_path / "whole")
+    assert finished == {name: (out / name).stat().st_mtime_ns for name in finished}
+    total = sum(len(a) for a in shards(out))
+    done = sum(s["tokens"] for s in manifest["shards"])
+    assert f"this run tokenized {total - done:,} tokens" in result.stdout  # finished shards' documents were skipped
+
+
+@pytest.mark.parametrize("source", ["corpus", "dataset"])
+def test_restart_from_each_finished_shard_continues_exactly(tmp_path, corpus, source, capsys, monkeypatch):
+    """Resuming from every point a run can stop at: inside a document, between files, between row groups."""
+    inputs, docs = corpus
+    if source == "dataset":
+        (tmp_path / "hub").mkdir()
+        write_parquet(tmp_path / "hub" / "train-00000.parquet", docs)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--input", *map(str, inputs)] if source == "corpus" else ["--dataset", str(tmp_path / "hub")]
+    args += ["--prefix", "docs", "--shard_size", "500", "--num_proc", "1"]
+    fineweb.main(args + ["--out", str(tmp_path / "whole")])
+    whole = folder_bytes(tmp_path / "whole")
+    manifest = json.loads(whole["manifest.json"])
+    assert any(s["end_offset"] for s in manifest["shards"]) and any(not s["end_offset"] for s in manifest["shards"][:-1])
+    for k in range(1, len(manifest["shards"])):
+        out = tmp_path / f"from{k}"
+        out.mkdir()
+        for s in manifest["shards"][:k]:
+            (out / s["file"]).write_bytes(whole[s["file"]])
+        (out / "manifest.json").write_text(json.dumps({**manifest, "shards": manifest["shards"][:k], "complete": False}))
+        capsys.readouterr()
+        fineweb.main(args + ["--out", str(out)])
+        done = sum(s["tokens"] for s in manifest["shards"][:k])
+        assert f"tokenized {len(reference(docs)) - done:,} tokens" in capsys.readouterr().out
+        assert folder_bytes(out) == whole, k
+
+
+def one_line_error(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+BAD_INPUTS = {  # name: (make the input in tmp_path, the extra arguments, what the one line must mention)
+    "missing file": (lambda d: d / "missing.txt", [], "missing.txt"),
+    "glob matching nothing": (lambda d: d / "nothing" / "*.jsonl", [], "matches no file"),
+    "unsupported suffix": (lambda d: write_bytes(d / "docs.csv", b"text\nhello\n"), [], "docs.csv"),
+    "corrupt parquet": (lambda d: write_bytes(d / "docs.parquet", b"PAR1 not really parquet"), [], "docs.parquet"),
+    "parquet without text column": (lambda d: (pq.write_table(pa.table({"body": ["hi"]}), d / "docs.parquet"), d / "docs.parquet")[1], [], "'text'"),
+    "jsonl without text field": (lambda d: write_bytes(d / "docs.jsonl", b'{"text": "ok"}\n{"body": "hi"}\n'), [], "docs.jsonl:2"),
+    "malformed jsonl line": (lambda d: write_bytes(d / "docs.jsonl", b'{"text": "ok"}\n\n{"text": "fine"}\n{"text": broken\n'), [], "docs.jsonl:4"),
+    "not utf-8 text": (lambda d: write_bytes(d / "docs.txt", b"caf\xe9"), [], "docs.txt"),
+    "empty input": (lambda d: write_bytes(d / "docs.jsonl", b"\n"), [], "no documents"),
+    "text_column absent": (lambda d: write_bytes(d / "docs.jsonl", b'{"text": "ok"}\n'), ["--text_column", "content"], "'content'"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gets_one_clear_line_and_writes_nothing(tmp_path, name):
+    make, extra, mention = BAD_INPUTS[name]
+    result = run("--input", make(tmp_path), "--out", tmp_path / "out", *extra)
+    assert mention in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, mention", [
+    (["--shard_size", "0"], "--shard_size"),
+    (["--shard_size", "1.5"], "--shard_size"),
+    (["--num_proc", "abc"], "--num_proc"),
+    (["--no_such_flag"], "--no_such_flag"),
+    (["--dataset", "x"], "not allowed with"),  # after --input: one source at a time
+])
+def test_bad_flag_or_value_gets_one_line_and_exit_code_2(tmp_path, args, mention):
+    result = run("--input", tmp_path / "docs.txt", *args)
+    assert result.returncode == 2 and mention in one_line_error(result)
+
+
+def test_default_dataset_offline_fails_with_one_line(tmp_path):
+    result = run(cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert "HuggingFaceFW/fineweb-edu" in one_line_error(result)
+    assert not (tmp_path / "edu_fineweb10B").exists()
+
+
+def test_folder_of_another_run_is_refused_and_left_untouched(tmp_path, corpus):
+    inputs, _ = corpus
+    out = tmp_path / "out"
+    assert run("--input", *inputs, "--out", out, "--shard_size", 1000).returncode == 0
+    before = folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert "shard_size 1000 there, 999 now" in one_line_error(run("--input", *inputs, "--out", out, "--shard_size", 999))
+    assert "--out" in one_line_error(run("--input", inputs[0], "--out", out, "--shard_size", 1000))
+    assert before == (folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()})
+    assert "nothing to do" in run("--input", *inputs, "--out", out, "--shard_size", 1000).stdout
+
+
+def test_folder_with_shards_of_another_program_is_refused(tmp_path, corpus):
+    inputs, _ = corpus
+    (tmp_path / "out").mkdir()
+    np.save(tmp_path / "out" / "edufineweb_val_000000.npy", np.arange(10, dtype=np.uint16))
+    before = folder_bytes(tmp_path / "out")
+    assert "manifest" in one_line_error(run("--input", *inputs, "--out", tmp_path / "out"))
+    assert folder_bytes(tmp_path / "out") == before
+
+
+def test_download_goes_through_a_temporary_name_and_happens_once(tmp_path, shared_data):
+    source = shared_data / "tinyshakespeare" / "input.txt"
+    path = fineweb.download(source.as_uri(), tmp_path / "cache" / "input.txt")
+    assert path.read_bytes() == source.read_bytes() and os.listdir(tmp_path / "cache") == ["input.txt"]
+    assert fineweb.download((tmp_path / "gone.txt").as_uri(), path) == path  # cached: the url is not read again
+
+
+def test_help_lists_every_flag_with_its_default():
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in ["--input", "--dataset", "--name", "--streaming", "--text_column", "--out", "--prefix", "--shard_size", "--num_proc"]:
+        assert flag in result.stdout
+    assert result.stdout.count("(default:") >= 8
