@@ -256,6 +256,17 @@ class GPT(nn.Module):
         return idx
 
 
+def gpt2_tokenizer():
+    """tiktoken's GPT-2 BPE. Its files download once into tiktoken's cache; offline, TIKTOKEN_CACHE_DIR
+    must point at a folder that holds them."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' connection errors and friends: no network and no cached files
+        raise SystemExit(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
+
+
 # -----------------------------------------------------------------------------
 # data: uint16 token shards written by fineweb.py
 
@@ -348,9 +359,9 @@ class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
     log_dir: str = flag("log", "where log.txt and the checkpoints go")
     model: str = flag("gpt2", "architecture preset", choices=list(MODEL_PRESETS))
-    n_layer: int | None = flag(None, "override the preset's number of layers")
-    n_head: int | None = flag(None, "override the preset's number of attention heads")
-    n_embd: int | None = flag(None, "override the preset's embedding width")
+    n_layer: int | None = flag(None, "number of layers (default: the preset's)")
+    n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
+    n_embd: int | None = flag(None, "embedding width (default: the preset's)")
     batch_size: int = flag(64, "B: sequences per micro-step per process")
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
     total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, ~0.5M as in GPT-3 small); gradient accumulation makes up the rest")
@@ -379,11 +390,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
         kwargs = dict(f.metadata)
+        if f.default is not None:  # a None default is explained in the help itself
+            kwargs["help"] += f" (default: {f.default})"
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -566,6 +579,8 @@ def main(argv=None):
     if checkpoint is not None and checkpoint["config"] != dataclasses.asdict(model_config):
         raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
 
+    enc = gpt2_tokenizer() if cfg.sample_interval and master else None
+
     if ddp:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
@@ -611,10 +626,6 @@ def main(argv=None):
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
     flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
     peak = peak_flops(device)
-    if cfg.sample_interval and master:
-        import tiktoken
-
-        enc = tiktoken.get_encoding("gpt2")
 
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps

@@ -1,4 +1,5 @@
 """train_gpt2.py: the model against transformers' GPT-2, the shard loader, and the training CLI end to end."""
+import dataclasses
 import hashlib
 import os
 import re
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from train_gpt2 import GPT, DataLoaderLite, GPTConfig, checkpoint_paths
+from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, checkpoint_paths
 
 # a 2-layer, 64-dim model on Tiny Shakespeare: 20 steps take a few seconds on 2 CPU cores
 TINY = [
@@ -24,9 +25,9 @@ STEP_LINE = re.compile(
 )
 
 
-def train(*args, torchrun=0):
+def train(*args, torchrun=0, env=None):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    return subprocess.run([*launcher, str(REPO / "train_gpt2.py"), *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([*launcher, str(REPO / "train_gpt2.py"), *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 def read_log(log_dir):
@@ -210,6 +211,26 @@ def test_ddp_on_two_processes_equals_gradient_accumulation(shakespeare_shards, t
     assert len(two.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
 
 
+def test_help_lists_every_flag_with_its_default():
+    proc = train("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in text
+        assert f.default is None or f"(default: {f.default})" in text, f.name
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(shakespeare_shards, tmp_path):
+    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "30", "--warmup_steps", "0"]
+    proc = train(*args, "--max_lr", "1e9", "--eval_interval", "0", "--checkpoint_interval", "1")  # absurd: diverges at once
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert re.fullmatch(r"step (\d+): the loss is (nan|inf).*", proc.stderr.strip()), proc.stderr
+    last = checkpoint_paths(tmp_path)[-1]
+    assert int(last.stem.split("_")[1]) == int(proc.stderr.split()[1].rstrip(":"))  # saved just before the bad step
+    ckpt = torch.load(last, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
 # --- bad input: one line, non-zero exit, nothing changed -------------------------
 
 
@@ -246,17 +267,19 @@ BAD_INPUTS = {
     "fresh run over checkpoints": ([], lambda t: ((t / "log").mkdir(), (t / "log" / "model_00005.pt").write_bytes(b"weights")), 1),
     "resume with only a damaged checkpoint": (["--resume"], lambda t: ((t / "log").mkdir(), (t / "log" / "model_00005.pt").write_bytes(b"PK\x03\x04junk")), 1),
     "resume into another architecture": (["--resume"], lambda t: checkpoint_of_another_model(t / "log"), 1),
+    "no tokenizer files offline": (["--sample_interval", "1"], lambda t: (t / "empty").mkdir(), 1, {"TIKTOKEN_CACHE_DIR": "{tmp}/empty"}),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_gets_one_line_and_changes_nothing(case, shakespeare_shards, tmp_path):
-    args, setup, code = BAD_INPUTS[case]
+    args, setup, code, *env = BAD_INPUTS[case]
     if setup:
         setup(tmp_path)
     before = snapshot(tmp_path, shakespeare_shards)
     full = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path / "log"), "--max_steps", "2"]
-    proc = train(*full, *(a.format(tmp=tmp_path) for a in args))
+    env = {k: v.format(tmp=tmp_path) for k, v in (env[0] if env else {}).items()}
+    proc = train(*full, *(a.format(tmp=tmp_path) for a in args), env=env)
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == code, proc.stderr
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
