@@ -534,7 +534,9 @@ def rewrite_log(path, keep):
     """Keep the log lines for which keep(step, kind) holds: a resumed run drops what came after its checkpoint."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines(keepends=True) if keep(int(line.split()[0]), line.split()[1])]
+    lines = path.read_text().splitlines(keepends=True)
+    # a line without its newline was cut off by the interruption
+    lines = [line for line in lines if line.endswith("\n") and keep(int(line.split()[0]), line.split()[1])]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
