@@ -13,6 +13,7 @@ The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -204,6 +205,25 @@ class GPT(nn.Module):
                 sd[k].copy_(v.t() if k.endswith(transposed) else v)
         return model
 
+    def export_hf(self, out_dir):
+        """Write a folder that transformers' GPT2LMHeadModel and AutoTokenizer load: the inverse of
+        from_pretrained, without the padded vocabulary rows, plus the GPT-2 tokenizer files."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = self.config
+        n_vocab = min(cfg.vocab_size, GPT2_VOCAB_SIZE)
+        # no dropout: this model was trained without it, and fine-tuning should start from the same function
+        hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                               n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        hf = GPT2LMHeadModel(hf_config)
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        state = {k: (v.t() if k.endswith(transposed) else v).detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
+        hf.save_pretrained(out_dir)
+        write_gpt2_tokenizer_files(out_dir)
+
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
         """Our GPT from a training checkpoint: a model_*.pt file, or a log dir (its newest checkpoint)."""
@@ -265,6 +285,36 @@ def gpt2_tokenizer():
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # requests' connection errors and friends: no network and no cached files
         raise SystemExit(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
+
+
+def write_gpt2_tokenizer_files(out_dir):
+    """GPT-2's vocab.json and merges.txt, rebuilt from tiktoken's ranks, so Hugging Face tokenizers load
+    the same BPE offline."""
+    enc = gpt2_tokenizer()
+    ranks = enc._mergeable_ranks  # token bytes -> id; tiktoken's gpt2 ids are OpenAI's encoder.json ids
+    # GPT-2 spells bytes as printable characters: printable ones stand for themselves, the rest shift past 255
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = iter(range(256, 512))
+    byte_char = {b: chr(b) if b in printable else chr(next(shifted)) for b in range(256)}
+
+    def spell(token):
+        return "".join(byte_char[b] for b in token)
+
+    def split_in_two(token, rank):
+        # replay BPE on the token's bytes with the merges learned before it: it ends in the pair merged at `rank`
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            pairs = [(ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            _, i = min(pairs)
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        return parts
+
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    merges = [" ".join(spell(p) for p in split_in_two(token, rank)) for token, rank in by_rank if rank >= 256]
+    vocab = {spell(token): rank for token, rank in by_rank} | {"<|endoftext|>": enc.eot_token}
+    out_dir = Path(out_dir)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
 # -----------------------------------------------------------------------------
