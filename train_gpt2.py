@@ -632,6 +632,13 @@ def main(argv=None):
         raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
 
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None
+    try:
+        import matplotlib  # noqa: F401  (optional: plot.py draws plot.png at every evaluation)
+
+        plotting = master
+    except ImportError:
+        plotting = False
+        log("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
     if ddp:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -689,6 +696,10 @@ def main(argv=None):
             if master:
                 with open(log_file, "a") as f:
                     f.write(f"{step} val {val_loss:.4f}\n")
+            if plotting:
+                from plot import plot_run
+
+                plot_run(log_dir)
 
         if master and step > start_step and ((cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last_step):
             save_checkpoint(

@@ -1,0 +1,84 @@
+"""
+Plot a training run from its log.txt: train and val loss and, when it was scored, HellaSwag, beside the
+numbers of OpenAI's GPT-2 124M and GPT-3 124M.
+
+    python plot.py log            # writes log/plot.png
+
+train_gpt2.py redraws <log_dir>/plot.png at every evaluation when matplotlib is installed. matplotlib is
+optional (pip install matplotlib): without it training only prints a notice once.
+"""
+
+import sys
+from pathlib import Path
+
+GPT2_124M_VAL_LOSS = 3.2924  # OpenAI's GPT-2 124M on the FineWeb-Edu 10B val shard
+GPT2_124M_HELLASWAG = 0.2955  # acc_norm, completion-style scoring (hellaswag.py)
+GPT3_124M_HELLASWAG = 0.337  # GPT-3 paper, table H.1 (GPT-3 Small)
+
+
+def read_log(log_file):
+    """log.txt as {kind: ([steps], [values])}, kinds train, val, hella."""
+    series = {}
+    for line in Path(log_file).read_text().splitlines():
+        step, kind, value = line.split()[:3]
+        steps, values = series.setdefault(kind, ([], []))
+        steps.append(int(step))
+        values.append(float(value))
+    return series
+
+
+def plot_run(log_dir):
+    """Draw <log_dir>/log.txt into <log_dir>/plot.png and return its path; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed, works on headless GPU nodes
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    log_dir = Path(log_dir)
+    series = read_log(log_dir / "log.txt")
+    panels = 2 if "hella" in series else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+
+    ax = axes[0][0]
+    losses = []
+    for kind, style in (("train", dict(lw=0.8, alpha=0.6)), ("val", dict(marker="o", ms=3))):
+        if kind in series:
+            ax.plot(*series[kind], label=f"{kind} loss", **style)
+            losses += series[kind][1]
+    if losses:
+        low, high = min(losses), max(losses)
+        ax.set_ylim(low - 0.1, min(high, low + 4.0) + 0.1)  # the early steps near ln(50257) = 10.8 would flatten the rest
+        if low - 1.0 <= GPT2_124M_VAL_LOSS:  # only once the run comes within a nat of it: a far line says nothing
+            ax.axhline(GPT2_124M_VAL_LOSS, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+    ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+
+    if "hella" in series:
+        ax = axes[0][1]
+        ax.plot(*series["hella"], marker="o", ms=3, color="green", label="this run")
+        ax.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
+        ax.axhline(GPT2_124M_HELLASWAG, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
+        ax.axhline(GPT3_124M_HELLASWAG, color="purple", ls="--", lw=1, label=f"OpenAI GPT-3 124M ({GPT3_124M_HELLASWAG})")
+        ax.set(xlabel="step", ylabel="acc_norm", title="HellaSwag")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+
+    fig.tight_layout()
+    out = log_dir / "plot.png"
+    tmp = out.with_name("plot.tmp.png")  # written whole, then renamed: a viewer never sees half a file
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "log.txt").is_file():
+        raise SystemExit("usage: python plot.py LOG_DIR  (a folder holding the log.txt of a training run)")
+    path = plot_run(sys.argv[1])
+    if path is None:
+        raise SystemExit("plot.py needs matplotlib: pip install matplotlib")
+    print(f"wrote {path}")
