@@ -422,6 +422,9 @@ class TrainConfig:
     grad_clip: float = flag(1.0, "clip the global gradient norm to this")
     eval_interval: int = flag(250, "steps between validation runs (0: only at the end)")
     val_tokens: int = flag(10485760, "tokens of the val split to evaluate, all processes together")
+    hellaswag_interval: int = flag(250, "steps between HellaSwag scorings (0: never)")
+    hellaswag_limit: int | None = flag(None, "score only the first N HellaSwag val examples (default: all 10,042)")
+    hellaswag_dir: str | None = flag(None, "folder holding hellaswag_val.jsonl, downloaded there if missing (default: hellaswag/ beside hellaswag.py)")
     sample_interval: int = flag(250, "steps between printed samples (0: never)")
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
@@ -454,11 +457,11 @@ def parse_args(argv=None):
         parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     positive = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens"]
-    for name in positive + ["n_layer", "n_head", "n_embd"]:
+    for name in positive + ["n_layer", "n_head", "n_embd", "hellaswag_limit"]:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1, got {value}")
-    for name in ["warmup_steps", "eval_interval", "sample_interval", "checkpoint_interval"]:
+    for name in ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]:
         if getattr(cfg, name) < 0:
             parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
@@ -632,6 +635,11 @@ def main(argv=None):
         raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
 
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None
+    hella_examples = None
+    if cfg.hellaswag_interval:
+        import hellaswag  # only here: `import train_gpt2` stays light
+
+        hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
     try:
         import matplotlib  # noqa: F401  (optional: plot.py draws plot.png at every evaluation)
 
@@ -686,20 +694,28 @@ def main(argv=None):
     flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
     peak = peak_flops(device)
 
+    def log_event(line):
+        log(line)
+        if master:
+            with open(log_file, "a") as f:
+                f.write(line + "\n")
+
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
         resumed_here = checkpoint is not None and step == start_step  # evaluated and saved before the interruption
+        due = lambda interval: not resumed_here and ((interval and step % interval == 0) or last_step)
 
-        if not resumed_here and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last_step):
+        if due(cfg.eval_interval):
             val_loss = evaluate(model, val_loader, val_seqs, B, rank, world_size, device, autocast)
-            log(f"step {step} | val loss {val_loss:.4f}")
-            if master:
-                with open(log_file, "a") as f:
-                    f.write(f"{step} val {val_loss:.4f}\n")
-            if plotting:
-                from plot import plot_run
+            log_event(f"{step} val {val_loss:.4f}")
+        if hella_examples and due(cfg.hellaswag_interval):
+            # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
+            n, _, n_correct_norm = hellaswag.evaluate(model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
+            log_event(f"{step} hella {n_correct_norm / n:.4f}")
+        if plotting and (due(cfg.eval_interval) or (hella_examples and due(cfg.hellaswag_interval))):
+            from plot import plot_run
 
-                plot_run(log_dir)
+            plot_run(log_dir)
 
         if master and step > start_step and ((cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last_step):
             save_checkpoint(

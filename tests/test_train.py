@@ -17,7 +17,7 @@ from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, checkpoint_p
 # a 2-layer, 64-dim model on Tiny Shakespeare: 20 steps take a few seconds on 2 CPU cores
 TINY = [
     "--model", "micro", "--batch_size", "4", "--seq_len", "64", "--total_batch_size", "512",
-    "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "4096", "--sample_interval", "0",
+    "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "4096", "--sample_interval", "0", "--hellaswag_interval", "0",
     "--dtype", "float32", "--device", "cpu",
 ]  # fmt: skip
 STEP_LINE = re.compile(
@@ -209,6 +209,23 @@ def test_ddp_on_two_processes_equals_gradient_accumulation(shakespeare_shards, t
     assert all(abs(a[k] - b[k]) < 1e-5 for k in a if k[1] == "train"), (a, b)
     assert all(abs(a[k] - b[k]) < 2e-4 for k in a if k[1] == "val")  # val lines are printed to 4 decimals
     assert len(two.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
+
+
+def test_compiled_run_evaluates_scores_hellaswag_and_samples(shakespeare_shards, shared_data, tmp_path):
+    hella = ["--hellaswag_interval", "2", "--hellaswag_limit", "40", "--hellaswag_dir", str(shared_data / "hellaswag")]
+    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--total_batch_size", "256", "--max_steps", "2"]
+    proc = train(*args, *hella, "--eval_interval", "1", "--sample_interval", "1", "--compile")
+    assert proc.returncode == 0, proc.stderr
+    assert "compile on" in proc.stdout and proc.stdout.count("sample ") == 4
+    log = read_log(tmp_path)
+    assert [s for s, kind in log if kind == "val"] == [0, 1, 2] and [s for s, kind in log if kind == "hella"] == [0, 2]
+    # the in-training score of the final model equals hellaswag.py's on its checkpoint (uncompiled)
+    score = subprocess.run(
+        [sys.executable, str(REPO / "hellaswag.py"), "--checkpoint", str(tmp_path), "--limit", "40", "--dtype", "float32", "--data_dir", str(shared_data / "hellaswag")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert score.returncode == 0, score.stderr
+    assert score.stdout.strip().splitlines()[-1].endswith(f"acc_norm={log[2, 'hella']:.4f}")
 
 
 def test_help_lists_every_flag_with_its_default():

@@ -1,0 +1,252 @@
+"""
+HellaSwag (Zellers et al. 2019) for GPT-2: download, render and score, completion style.
+
+    python hellaswag.py -m gpt2                   # OpenAI's GPT-2 124M through transformers
+    python hellaswag.py --checkpoint log          # our newest checkpoint in log/
+    python hellaswag.py -m gpt2 --data_dir ../shared/data/hellaswag --limit 1000 --device cpu
+
+Each example is a context and 4 endings. The model reads the tokens of the context followed by
+those of " " + ending, one row per ending, and only the ending's tokens are scored: acc picks the
+ending with the lowest summed loss, acc_norm the one with the lowest mean loss per ending token.
+This is build-nanogpt's scoring; with it GPT-2 124M gets acc 0.2859 and acc_norm 0.2955 on val
+(the GPT-3 paper reports 0.337 for its 125M model). lm-evaluation-harness scores differently: it
+cleans the text and divides the summed log-likelihood by the ending's length in characters, so its
+acc_norm for the same model is another number. Compare only numbers from the same scorer.
+
+Training renders the examples once with load_examples and scores them with evaluate as often as
+it likes; every forward has the same shape, so a compiled model compiles once.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
+DATA_DIR = Path(__file__).resolve().parent / "hellaswag"  # download cache, beside this script
+SPLIT_SIZES = {"train": 39905, "val": 10042}  # examples per file: fewer means a truncated file
+DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: fails fast offline instead of hanging
+
+# -----------------------------------------------------------------------------
+# data: hellaswag_<split>.jsonl, one example per line
+
+
+def download(url, path):
+    """Fetch url into path with a progress bar, via a temporary name: a cut download never looks complete."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: DDP ranks may download at once
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            total = int(response.headers.get("Content-Length", 0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True, desc=path.name) as bar:
+                while chunk := response.read(1 << 20):
+                    bar.update(f.write(chunk))
+        if total and tmp.stat().st_size != total:
+            raise OSError(f"the connection closed after {tmp.stat().st_size} of {total} bytes")
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise SystemExit(f"cannot download {url} ({reason}): check the network, or pass --data_dir a folder holding {path.name}")
+
+
+def problem(example):
+    """What makes one parsed line unusable, or None."""
+    if not isinstance(example, dict):
+        return "not a JSON object"
+    if missing := [key for key in ("ctx", "endings", "label") if key not in example]:
+        return f"no {' or '.join(missing)}"
+    endings, label = example["endings"], example["label"]
+    if not isinstance(example["ctx"], str) or not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
+        return "ctx must be a string and endings a list of strings"
+    if len(endings) != 4:
+        return f"{len(endings)} endings instead of 4"
+    if type(label) is not int or not 0 <= label <= 3:
+        return f"label {label!r} is not 0, 1, 2 or 3"
+    return None
+
+
+def read_split(path, split):
+    """The examples of one split file, checked line by line so a damaged file stops here, naming the line."""
+    examples = []
+    try:
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    example = json.loads(line)
+                except ValueError:  # bad JSON, or bytes that are not UTF-8
+                    raise SystemExit(f"{path} line {lineno} is not valid JSON: the file is damaged or truncated; delete it to download it again")
+                if reason := problem(example):
+                    raise SystemExit(f"{path} line {lineno}: {reason}; this is not a HellaSwag file")
+                examples.append(example)
+    except OSError as e:
+        raise SystemExit(f"cannot read {path} ({e.strerror or e})")
+    if split in SPLIT_SIZES and len(examples) != SPLIT_SIZES[split]:
+        raise SystemExit(f"{path} holds {len(examples)} examples, the {split} split has {SPLIT_SIZES[split]}: the file is truncated; delete it to download it again")
+    return examples
+
+
+def render(example, enc):
+    """(context tokens, the 4 endings' tokens, label). An ending is encoded with its leading space, as
+    it follows the context in running text: GPT-2's BPE folds the space into the next word's token."""
+    endings = [enc.encode_ordinary(" " + ending) for ending in example["endings"]]
+    return enc.encode_ordinary(example["ctx"]), endings, example["label"]
+
+
+def load_examples(data_dir=DATA_DIR, split="val", limit=None):
+    """The first `limit` examples (all if None) of a split, rendered to GPT-2 tokens; downloads the split
+    into data_dir unless it is already there."""
+    from train_gpt2 import gpt2_tokenizer
+
+    path = Path(data_dir) / f"hellaswag_{split}.jsonl"
+    if not path.exists():
+        download(URL.format(split=split), path)
+    examples = read_split(path, split)[:limit]
+    enc = gpt2_tokenizer()
+    return [render(example, enc) for example in examples]
+
+
+# -----------------------------------------------------------------------------
+# scoring
+
+
+def forward_length(examples, block_size):
+    """The one row length of every forward over these examples, so that a compiled model compiles once:
+    the longest input (a row's last token is only a target), at most block_size."""
+    return min(max(len(ctx) + len(ending) for ctx, endings, _ in examples for ending in endings) - 1, block_size)
+
+
+@torch.no_grad()
+def choose(model, batch, rows, length, device, autocast):
+    """The acc and acc_norm choices of each example in batch, from one right-padded (rows, length) forward."""
+    inputs = torch.zeros(rows, length, dtype=torch.long)
+    targets = torch.zeros(rows, length, dtype=torch.long)
+    scored = torch.zeros(rows, length, dtype=torch.bool)
+    for i, (ctx, endings, _) in enumerate(batch):
+        for j, ending in enumerate(endings):
+            tokens = (ctx + ending)[-(length + 1) :]  # past block_size, the context loses its oldest tokens
+            n, row = len(tokens) - 1, 4 * i + j
+            inputs[row, :n] = torch.tensor(tokens[:-1])
+            targets[row, :n] = torch.tensor(tokens[1:])
+            scored[row, n - min(len(ending), n) : n] = True
+    inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
+    with autocast:
+        logits, _ = model(inputs)
+    # float32 cross-entropy at the ending tokens only: bf16 is too coarse to rank close endings, and a
+    # full-vocabulary log-softmax at every context and padding position would be thrown away
+    losses = torch.zeros(rows, length, device=device)
+    losses[scored] = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+    sums = losses.sum(1).view(-1, 4)
+    means = sums / scored.sum(1).view(-1, 4)  # rows of padding examples divide by 0; they are dropped below
+    return sums.argmin(1)[: len(batch)].tolist(), means.argmin(1)[: len(batch)].tolist()
+
+
+def predict(model, examples, block_size, device, autocast, batch_size, rank=0, world_size=1, progress=False):
+    """The acc and acc_norm choices (ending indices) for examples[rank::world_size], batch_size examples
+    (4 * batch_size rows) per forward. model(idx) returns (logits, loss); it may be compiled or DDP-wrapped."""
+    length = forward_length(examples, block_size)  # from all examples, so every rank pads alike
+    mine = examples[rank::world_size]
+    # the same number of forwards on every rank: a DDP-wrapped model may broadcast buffers in each one
+    n_batches = -(-len(examples) // (batch_size * world_size))
+    choices, choices_norm = [], []
+    with tqdm(total=len(mine), unit="examples", disable=not progress) as bar:
+        for b in range(n_batches):
+            batch = mine[b * batch_size : (b + 1) * batch_size]
+            acc, acc_norm = choose(model, batch, 4 * batch_size, length, device, autocast)
+            choices += acc
+            choices_norm += acc_norm
+            bar.update(len(batch))
+    return choices, choices_norm
+
+
+def evaluate(model, examples, block_size, device, autocast, batch_size, rank=0, world_size=1, progress=False):
+    """(n, n_correct, n_correct_norm) over all examples: rank r scores examples r, r + world_size, ...
+    and the counts are summed over the ranks, so they do not depend on world_size."""
+    choices, choices_norm = predict(model, examples, block_size, device, autocast, batch_size, rank, world_size, progress)
+    labels = [label for _, _, label in examples[rank::world_size]]
+    correct = sum(c == label for c, label in zip(choices, labels))
+    correct_norm = sum(c == label for c, label in zip(choices_norm, labels))
+    counts = torch.tensor([len(labels), correct, correct_norm], device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(counts)
+    return tuple(counts.tolist())
+
+
+class HFModel(torch.nn.Module):
+    """transformers' GPT2LMHeadModel behind our GPT's interface: model(idx) -> (logits, None)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, idx):
+        return self.hf(idx, use_cache=False).logits, None
+
+
+def load_model(model_type, checkpoint, device):
+    """(model in eval mode, its block_size) from a Hugging Face name or folder, or from our checkpoint."""
+    if checkpoint:
+        from train_gpt2 import GPT
+
+        model = GPT.from_checkpoint(checkpoint, device)
+        return model.eval(), model.config.block_size
+    from transformers import GPT2LMHeadModel
+
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(model_type)
+    except (OSError, ValueError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"cannot load {model_type!r} ({first_line}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
+    return HFModel(hf).to(device).eval(), hf.config.n_positions
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+
+def parse_args(argv=None):
+    from train_gpt2 import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-m", "--model_type", help="Hugging Face GPT-2: a hub name (gpt2 ... gpt2-xl) or a save_pretrained folder")
+    source.add_argument("--checkpoint", help="a train_gpt2.py checkpoint file, or a log dir (its newest checkpoint)")
+    parser.add_argument("--data_dir", default=str(DATA_DIR), help="folder holding hellaswag_<split>.jsonl; downloaded there if missing")
+    parser.add_argument("--split", default="val", choices=["val", "train"], help="which split (the test split has no public labels)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples; None scores all")
+    parser.add_argument("--batch_size", type=int, default=16, help="examples per forward pass, 4 rows each")
+    parser.add_argument("--device", default="auto", help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto = bfloat16 autocast where the device supports it, else float32")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
+        parser.error(f"--device {args.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from train_gpt2 import pick_device, use_bf16
+
+    device = pick_device(args.device, 0)
+    bf16 = use_bf16(args.dtype, device)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
+    model, block_size = load_model(args.model_type, args.checkpoint, device)
+    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {'bfloat16 autocast' if bf16 else 'float32'}")
+    n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
+    print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
+
+
+if __name__ == "__main__":
+    main()

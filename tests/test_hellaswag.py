@@ -1,0 +1,339 @@
+"""hellaswag.py: scores against an independent per-ending loop, batching, ranks, and bad input."""
+import dataclasses
+import functools
+import hashlib
+import http.server
+import itertools
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import hellaswag
+from conftest import REPO
+from train_gpt2 import GPT, GPTConfig
+
+N = 200  # val examples scored against the reference loop
+CPU, FP32 = torch.device("cpu"), torch.autocast("cpu", enabled=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models here are tiny: handing their small matmuls between threads costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(*args, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=600)
+
+
+def snapshot(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def val_file(shared_data):
+    return shared_data / "hellaswag" / "hellaswag_val.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A random 2-layer GPT-2 in transformers' format, weights spread wide enough that predictions vary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.1)
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    hf.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_hf, tmp_path_factory):
+    """Our GPT with the same weights, saved the way train_gpt2.py saves its checkpoints."""
+    gpt = GPT.from_pretrained(str(tiny_hf))
+    path = tmp_path_factory.mktemp("log") / "model_00001.pt"
+    torch.save({"model": gpt.state_dict(), "config": dataclasses.asdict(gpt.config)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_hf, val_file):
+    """(acc choice, acc_norm choice, label) of the first N val examples, computed independently of
+    hellaswag.py: the HF model on each context + ending on its own, no padding, losses computed here."""
+    import tiktoken
+    from transformers import GPT2LMHeadModel
+
+    enc = tiktoken.get_encoding("gpt2")
+    hf = GPT2LMHeadModel.from_pretrained(tiny_hf).eval()
+    rows = []
+    with open(val_file) as f:
+        for line in itertools.islice(f, N):
+            example = json.loads(line)
+            ctx = enc.encode(example["ctx"])
+            sums, means = [], []
+            for ending in example["endings"]:
+                end = enc.encode(" " + ending)
+                ids = torch.tensor(ctx + end)
+                with torch.no_grad():  # the LM head only where it predicts an ending token: most of the cost
+                    hidden = hf.transformer(ids[None]).last_hidden_state[0]
+                    logprobs = hf.lm_head(hidden[-len(end) - 1 : -1]).log_softmax(-1)  # row t predicts token t + 1
+                nll = -logprobs.gather(1, ids[-len(end) :, None])
+                sums.append(nll.sum().item())
+                means.append(nll.mean().item())
+            rows.append((min(range(4), key=sums.__getitem__), min(range(4), key=means.__getitem__), example["label"]))
+    assert len({r[0] for r in rows}) == 4 and len({r[1] for r in rows}) == 4  # not a degenerate model
+    return rows
+
+
+def expected_line(rows):
+    acc = sum(c == label for c, _, label in rows) / len(rows)
+    acc_norm = sum(c == label for _, c, label in rows) / len(rows)
+    return f"hellaswag val: n={len(rows)} acc={acc:.4f} acc_norm={acc_norm:.4f}"
+
+
+# --- scores -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["model_type", "checkpoint"])
+def test_cli_scores_match_a_per_ending_reference_loop(source, tiny_hf, tiny_checkpoint, reference, val_file):
+    model = ["--model_type", str(tiny_hf)] if source == "model_type" else ["--checkpoint", str(tiny_checkpoint)]
+    common = ["--data_dir", str(val_file.parent), "--limit", str(N), "--device", "cpu", "--dtype", "float32"]
+    proc = run(str(REPO / "hellaswag.py"), *model, *common)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == expected_line(reference)
+
+
+def test_batch_size_does_not_change_any_prediction(tiny_checkpoint, reference, val_file):
+    model = GPT.from_checkpoint(tiny_checkpoint).eval()
+    examples = hellaswag.load_examples(val_file.parent, "val", limit=24)
+    one = hellaswag.predict(model, examples, model.config.block_size, CPU, FP32, batch_size=1)
+    many = hellaswag.predict(model, examples, model.config.block_size, CPU, FP32, batch_size=16)
+    assert one == many
+    assert many == ([r[0] for r in reference[:24]], [r[1] for r in reference[:24]])
+
+
+def test_long_contexts_lose_their_oldest_tokens(val_file):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=40, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()
+    examples = hellaswag.load_examples(val_file.parent, "val", limit=20)
+    rows = [(ctx, end) for ctx, endings, _ in examples for end in endings]
+    assert sum(len(ctx) + len(end) > 41 for ctx, end in rows) > 20 and max(len(end) for _, end in rows) < 40  # crops only contexts
+    choices_norm = []
+    for ctx, endings, _ in examples:  # reference: each row on its own, its last 41 tokens, the ending's mean loss
+        means = []
+        for end in endings:
+            ids = torch.tensor((ctx + end)[-41:])
+            with torch.no_grad():
+                logits, _ = model(ids[None, :-1])
+            means.append(torch.nn.functional.cross_entropy(logits[0, -len(end) :], ids[-len(end) :]).item())
+        choices_norm.append(min(range(4), key=means.__getitem__))
+    for batch_size in (1, 6):
+        assert hellaswag.predict(model, examples, 40, CPU, FP32, batch_size)[1] == choices_norm
+
+
+def test_every_forward_has_one_shape_on_every_rank(val_file):
+    class ShapeRecorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.shapes = model, []
+
+        def forward(self, idx):
+            self.shapes.append(tuple(idx.shape))
+            return self.model(idx)
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=256, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()
+    examples = hellaswag.load_examples(val_file.parent, "val", limit=11)
+    longest = max(len(ctx) + len(end) for ctx, endings, _ in examples for end in endings) - 1
+    for rank, world_size, forwards in [(0, 1, 3), (0, 2, 2), (1, 2, 2)]:  # 11 examples, 4 per forward
+        model = ShapeRecorder(gpt)
+        choices, _ = hellaswag.predict(model, examples, 256, CPU, FP32, batch_size=4, rank=rank, world_size=world_size)
+        assert len(choices) == len(examples[rank::world_size])
+        assert model.shapes == [(16, longest)] * forwards
+
+
+def test_two_processes_count_what_one_process_counts(tiny_checkpoint, reference, val_file, tmp_path):
+    script = tmp_path / "score.py"
+    script.write_text(
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "import torch, hellaswag\n"
+        "from train_gpt2 import GPT\n"
+        "torch.distributed.init_process_group('gloo')\n"
+        "rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()\n"
+        f"model = torch.nn.parallel.DistributedDataParallel(GPT.from_checkpoint({str(tiny_checkpoint)!r}).eval())\n"
+        f"examples = hellaswag.load_examples({str(val_file.parent)!r}, 'val', limit=21)\n"
+        "autocast = torch.autocast('cpu', enabled=False)\n"
+        "counts = hellaswag.evaluate(model, examples, 256, torch.device('cpu'), autocast, 4, rank, world_size)\n"
+        "if rank == 0:\n"
+        "    print('counts', *counts)\n"
+        "torch.distributed.destroy_process_group()\n"
+    )
+    proc = run(str(script), launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert proc.returncode == 0, proc.stderr
+    model = GPT.from_checkpoint(tiny_checkpoint).eval()
+    examples = hellaswag.load_examples(val_file.parent, "val", limit=21)
+    one = hellaswag.evaluate(model, examples, 256, CPU, FP32, batch_size=4)
+    rows = reference[:21]
+    assert one == (21, sum(c == label for c, _, label in rows), sum(c == label for _, c, label in rows))
+    assert [line for line in proc.stdout.splitlines() if line.startswith("counts")] == ["counts %d %d %d" % one]
+
+
+# --- data ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def file_server(val_file):
+    """A local HTTP server standing in for GitHub: /hellaswag_val.jsonl is the real file, /cut_val.jsonl
+    promises the real file's size and sends a tenth of it."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/cut_val.jsonl":
+                return super().do_GET()
+            data = val_file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 10])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(val_file.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_once_via_a_temporary_name(file_server, val_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(hellaswag, "URL", file_server + "/hellaswag_{split}.jsonl")
+    cache = tmp_path / "cache"
+    examples = hellaswag.load_examples(cache, "val", limit=3)
+    assert len(examples) == 3 and [p.name for p in cache.iterdir()] == ["hellaswag_val.jsonl"]
+    assert (cache / "hellaswag_val.jsonl").read_bytes() == val_file.read_bytes()
+    monkeypatch.setattr(hellaswag, "URL", file_server + "/nowhere_{split}.jsonl")  # a second download would fail
+    assert hellaswag.load_examples(cache, "val", limit=3) == examples
+
+    monkeypatch.setattr(hellaswag, "URL", file_server + "/cut_{split}.jsonl")
+    with pytest.raises(SystemExit, match="cannot download .*cut_val.jsonl"):
+        hellaswag.load_examples(tmp_path / "cut", "val")
+    assert list((tmp_path / "cut").iterdir()) == []  # the partial download is gone, nothing looks complete
+
+
+def first_lines(val_file, n):
+    with open(val_file) as f:
+        return list(itertools.islice(f, n))
+
+
+def edited(val_file, line, change):
+    lines = first_lines(val_file, 5)
+    example = json.loads(lines[line - 1])
+    change(example)
+    lines[line - 1] = json.dumps(example) + "\n"
+    return "".join(lines)
+
+
+FILES = {
+    "key missing": (lambda v: edited(v, 2, lambda e: e.pop("endings")), "line 2: no endings"),
+    "label out of range": (lambda v: edited(v, 4, lambda e: e.update(label=7)), "line 4: label 7 is not 0, 1, 2 or 3"),
+    "label as text": (lambda v: edited(v, 1, lambda e: e.update(label="1")), "line 1: label '1' is not"),
+    "three endings": (lambda v: edited(v, 3, lambda e: e["endings"].pop()), "line 3: 3 endings instead of 4"),
+    "not an object": (lambda v: "".join(first_lines(v, 2)) + "[1, 2]\n", "line 3: not a JSON object"),
+    "cut at a line end": (lambda v: "".join(first_lines(v, 100)), "holds 100 examples, the val split has 10042"),
+}
+
+
+@pytest.mark.parametrize("case", FILES)
+def test_damaged_file_is_refused_naming_file_and_line(case, val_file, tmp_path):
+    write, message = FILES[case]
+    (tmp_path / "hellaswag_val.jsonl").write_text(write(val_file))
+    with pytest.raises(SystemExit, match=f"hellaswag_val.jsonl.*{message}"):
+        hellaswag.load_examples(tmp_path, "val")
+
+
+def truncated(val_file):
+    lines = first_lines(val_file, 101)
+    return "".join(lines[:100]) + lines[100][:50]
+
+
+def broken(val_file, line):
+    lines = first_lines(val_file, 5)
+    lines[line - 1] = lines[line - 1].replace('"label": ', '"label" ', 1)
+    return "".join(lines)
+
+
+BAD_FLAGS = {
+    "no model": ([], "one of the arguments -m/--model_type --checkpoint is required"),
+    "two models": (["-m", "gpt2", "--checkpoint", "x"], "not allowed with"),
+    "zero batch size": (["--checkpoint", "x", "--batch_size", "0"], "--batch_size must be at least 1"),
+    "zero limit": (["--checkpoint", "x", "--limit", "0"], "--limit must be at least 1"),
+    "unknown device": (["--checkpoint", "x", "--device", "tpu"], "--device 'tpu' is not one of"),
+    "test split": (["--checkpoint", "x", "--split", "test"], "invalid choice: 'test'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flag_gets_one_line_and_exit_code_2(case, capsys):
+    args, message = BAD_FLAGS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        hellaswag.parse_args(args)
+    errors = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+BAD_INPUTS = {
+    "unknown flag": (["--checkpoint", "x", "--bogus"], None, 2, "unrecognized arguments: --bogus"),
+    "truncated file": (["--checkpoint", "x"], truncated, 1, "hellaswag_val.jsonl line 101 is not valid JSON"),
+    "malformed line": (["--checkpoint", "x"], lambda v: broken(v, 3), 1, "hellaswag_val.jsonl line 3 is not valid JSON"),
+    "no file, no network": (["--checkpoint", "x"], None, 1, "cannot download https://raw.githubusercontent.com/"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gets_one_line_and_changes_nothing(case, val_file, tmp_path):
+    args, write, code, message = BAD_INPUTS[case]
+    if write:
+        (tmp_path / "hellaswag_val.jsonl").write_text(write(val_file))
+    before = snapshot(tmp_path)
+    proc = run(str(REPO / "hellaswag.py"), *args, "--data_dir", str(tmp_path))
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stderr
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+# --- the module and its command line ------------------------------------------
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        hellaswag.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag in ["--model_type", "--checkpoint", "--data_dir", "--split", "--limit", "--batch_size", "--device", "--dtype"]:
+        assert flag in text
+    assert text.count("(default:") == 8
+
+
+def test_import_is_light_and_does_nothing(tmp_path):
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import hellaswag\n"
+        "print(sorted(m for m in ('transformers', 'tiktoken', 'train_gpt2') if m in sys.modules))"
+    )
+    cache_before = snapshot(hellaswag.DATA_DIR)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"  # heavy or network modules wait until they are needed
+    assert list(tmp_path.iterdir()) == [] and snapshot(hellaswag.DATA_DIR) == cache_before
