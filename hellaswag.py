@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import urllib.request
 from pathlib import Path
 
@@ -212,7 +211,7 @@ def load_model(model_type, checkpoint, device):
 
 
 def parse_args(argv=None):
-    from train_gpt2 import ArgumentParser
+    from train_gpt2 import ArgumentParser, device_name
 
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -222,15 +221,13 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="val", choices=["val", "train"], help="which split (the test split has no public labels)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples; None scores all")
     parser.add_argument("--batch_size", type=int, default=16, help="examples per forward pass, 4 rows each")
-    parser.add_argument("--device", default="auto", help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device", default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto = bfloat16 autocast where the device supports it, else float32")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
-        parser.error(f"--device {args.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return args
 
 

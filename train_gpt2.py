@@ -253,8 +253,9 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_kv_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_kv_cache=True, stream=None):
         """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding.
+        stream, if given, is called with each step's new tokens (B, 1) as soon as they are sampled.
         use_kv_cache=False recomputes the whole context for every token (for benchmarks)."""
         block_size = self.config.block_size
         kv_cache = None
@@ -273,6 +274,8 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            if stream is not None:
+                stream(idx_next)
         return idx
 
 
@@ -400,6 +403,13 @@ class DataLoaderLite:
 # training configuration: its fields are the command-line flags
 
 
+def device_name(value):
+    """argparse type of every script's --device flag."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
 def flag(default, help, **kwargs):
     return field(default=default, metadata=dict(help=help, **kwargs))
 
@@ -430,7 +440,7 @@ class TrainConfig:
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
     dtype: str = flag("auto", "auto = bfloat16 autocast on GPUs and CPUs with native bf16, else float32", choices=["auto", "float32", "bfloat16"])
-    device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
+    device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps", type=device_name)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
 
@@ -453,7 +463,7 @@ def parse_args(argv=None):
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = kind
+            kwargs.setdefault("type", kind)
         parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     positive = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens"]
@@ -466,8 +476,6 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        parser.error(f"--device {cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     model_config = make_model_config(cfg)
     if model_config.n_embd % model_config.n_head:
         parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
