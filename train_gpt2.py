@@ -697,7 +697,7 @@ def main(argv=None):
     log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
     log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
     log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
-    if val_seqs * T < cfg.val_tokens:
+    if cfg.val_tokens > val_loader.total_tokens - 1:
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
     flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
     peak = peak_flops(device)
