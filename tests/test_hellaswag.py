@@ -279,7 +279,7 @@ BAD_FLAGS = {
     "two models": (["-m", "gpt2", "--checkpoint", "x"], "not allowed with"),
     "zero batch size": (["--checkpoint", "x", "--batch_size", "0"], "--batch_size must be at least 1"),
     "zero limit": (["--checkpoint", "x", "--limit", "0"], "--limit must be at least 1"),
-    "unknown device": (["--checkpoint", "x", "--device", "tpu"], "--device 'tpu' is not one of"),
+    "unknown device": (["--checkpoint", "x", "--device", "tpu"], "argument --device: 'tpu' is not one of"),
     "test split": (["--checkpoint", "x", "--split", "test"], "invalid choice: 'test'"),
 }
 
