@@ -37,13 +37,13 @@ MANIFEST = "manifest.json"
 
 
 class InputError(Exception):
-    """A problem with the input or the output folder, reported as one line without a traceback.
-    Not SystemExit: documents are read in the Pool's feeder thread, which forwards only Exceptions."""
+    """Bad input or output folder: one line, no traceback. Not SystemExit, because documents are read
+    in the Pool's feeder thread, which passes only Exceptions on to the main thread."""
 
 
 # -----------------------------------------------------------------------------
-# reading documents: each reader yields the documents of one file after the first `skip` (already in
-# finished shards, so a resumed run neither tokenizes nor even parses them) and returns how many it skipped
+# reading: each reader yields the documents of one file after its first `skip` (those already in
+# finished shards, so a restart neither tokenizes nor parses them) and returns how many it skipped
 
 def read_txt(path, column, skip):
     if skip:
@@ -56,7 +56,7 @@ def read_jsonl(path, column, skip):
     skipped = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():  # blank lines (e.g. a trailing one) hold no document
+            if not line.strip():  # a blank line (e.g. a trailing one) is no document
                 continue
             if skipped < skip:
                 skipped += 1
@@ -87,11 +87,9 @@ def read_parquet(path, column, skip):
     pf = open_parquet(path, column)
     rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
     first = skipped = 0
-    while first < len(rows) and skipped + rows[first] < skip:  # whole row groups are skipped unread
+    while first < len(rows) and skipped + rows[first] <= skip:  # whole row groups are skipped unread
         skipped += rows[first]
         first += 1
-    if first == len(rows):  # (iter_batches reads nothing for an empty row_groups list, but be explicit)
-        return skipped
     # batch by batch, one column: memory stays flat however large the file and its row groups are
     for batch in pf.iter_batches(batch_size=1024, row_groups=range(first, len(rows)), columns=[column]):
         texts = batch.column(0)
@@ -114,7 +112,7 @@ def hf_documents(args, skip):
         raise InputError(f"cannot load dataset {args.dataset!r} (name {args.name}): {e}")
     if ds.column_names is not None and args.text_column not in ds.column_names:
         raise InputError(f"dataset {args.dataset!r} has no column {args.text_column!r} (it has {', '.join(ds.column_names)})")
-    # skip() jumps to the first unfinished document (an index range, or in streaming mode unparsed rows)
+    # skip() selects an index range (streaming: the skipped rows are still downloaded, but not tokenized)
     for batch in ds.select_columns([args.text_column]).skip(skip).iter(batch_size=1024):
         yield from batch[args.text_column]
 
@@ -145,26 +143,30 @@ def download(url, path):
 
 
 # -----------------------------------------------------------------------------
-# tokenizing: in-process, or in worker processes that each hold their own encoder
+# tokenizing, in this process or in a Pool of workers that each load their own encoder
 
 def load_encoder():
     global enc
     try:
         enc = tiktoken.get_encoding("gpt2")
-    except Exception as e:  # offline without a cache, the download fails in one of several ways
-        raise InputError(f"cannot load the tiktoken gpt2 encoding ({e}); offline, set TIKTOKEN_CACHE_DIR to a cache of it")
+    except Exception as e:  # offline without a cache, tiktoken's download fails in one of several ways
+        raise InputError(f"cannot load the tiktoken gpt2 encoding ({e}); offline, set TIKTOKEN_CACHE_DIR to a copy of it")
     assert enc.max_token_value < 2**16, "every token id must fit in uint16"
 
 
 def init_worker():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report, once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to report, once
     load_encoder()
 
 
 def tokenize(text):
-    tokens = [EOT]
-    tokens.extend(enc.encode_ordinary(text))
-    return np.array(tokens, dtype=np.uint16)  # uint16: a quarter of int64's bytes to send back to the main process
+    try:  # encode_ordinary's tokens in a numpy buffer: ~1.2x faster than a list of ints made into an array
+        bpe = enc.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates (JSON can hold them): encode_ordinary replaces them first
+        bpe = enc.encode_ordinary(text)
+    tokens = np.empty(len(bpe) + 1, dtype=np.uint16)  # uint16: half of uint32's bytes to ship to the main process
+    tokens[0], tokens[1:] = EOT, bpe
+    return tokens
 
 
 def tokenized(docs, num_proc):
@@ -173,9 +175,10 @@ def tokenized(docs, num_proc):
         yield from map(tokenize, docs)
         return
     with mp.Pool(num_proc, initializer=init_worker) as pool:
-        # imap streams documents through the pool in order (memory stays flat); chunks of them per message
-        # keep the inter-process overhead small next to the BPE work, even for short documents
-        yield from pool.imap(tokenize, docs, chunksize=16)
+        # imap streams the documents through the pool in order (memory stays flat). Each message wakes
+        # threads and processes up: 128 documents a message (~0.5 MB of FineWeb text) rather than 16 took
+        # 2 workers on 2 cores from ~1.35x to ~1.85x the tokens/s of one process
+        yield from pool.imap(tokenize, docs, chunksize=128)
 
 
 # -----------------------------------------------------------------------------
@@ -213,7 +216,7 @@ def save_shard(out, manifest, tokens, end):
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MANIFEST).exists():  # name the run before its first shard appears, so a restart recognizes it
         save_json(out / MANIFEST, manifest)
-    tmp = out / f".{index:06d}.tmp"  # neither *.npy nor containing a split name: no loader mistakes it for a shard
+    tmp = out / f".{index:06d}.tmp"  # neither *.npy nor holding a split name: no loader takes it for a shard
     with open(tmp, "wb") as f:  # a file object: given a name, np.save would append .npy to it
         np.save(f, tokens)
         f.flush()
@@ -225,8 +228,8 @@ def save_shard(out, manifest, tokens, end):
 
 
 def write_shards(stream, out, manifest, start, bar):
-    """Pack the token stream of documents start[0], start[0]+1, ... (the first one from token start[1] on)
-    into shards; a document that does not fit is split across two. Returns the number of documents read."""
+    """Pack the tokens of documents start[0], start[0]+1, ... (the first from its token start[1] on) into
+    shards; a document that does not fit continues in the next shard. Returns the number of documents read."""
     shard_size = manifest["config"]["shard_size"]
     buf = np.empty(shard_size, dtype=np.uint16)
     fill, ndocs, offset = 0, start[0], start[1]
@@ -256,21 +259,25 @@ def count(value):
     return int(number)
 
 
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass  # defaults after each flag, and the usage examples above them as written
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line: a usage block would bury the message
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_args(argv):
-    parser = Parser(description=__doc__.split("\n\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=Formatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", nargs="+", metavar="FILE", help="local .txt (one document per file), .jsonl or .parquet (one document per row) files or globs, read in the order given")
     source.add_argument("--dataset", default=FINEWEB_EDU, help="HuggingFace dataset (its train split), or tinyshakespeare (downloaded once to tinyshakespeare/input.txt beside this script)")
-    parser.add_argument("--name", default=None, help="dataset config (None: sample-10BT for FineWeb-Edu)")
+    parser.add_argument("--name", default=None, help="dataset config (not given: sample-10BT for FineWeb-Edu)")
     parser.add_argument("--streaming", action="store_true", help="read the HuggingFace dataset while it downloads instead of downloading it all first")
-    parser.add_argument("--text_column", default="text", help="the document field of .jsonl/.parquet rows and dataset rows")
-    parser.add_argument("--out", default=None, help="output folder (None: edu_fineweb10B for FineWeb-Edu sample-10BT, tinyshakespeare for --dataset tinyshakespeare, else the folder name of the first --input or the dataset's name)")
-    parser.add_argument("--prefix", default=None, help="shard name prefix (None: edufineweb for FineWeb-Edu, else the --out folder's name)")
+    parser.add_argument("--text_column", default="text", help="the document field of .jsonl, .parquet and dataset rows")
+    parser.add_argument("--out", default=None, help="output folder (not given: edu_fineweb10B for FineWeb-Edu sample-10BT, tinyshakespeare for --dataset tinyshakespeare, else the folder name of the first --input or the dataset's name)")
+    parser.add_argument("--prefix", default=None, help="shard name prefix (not given: edufineweb for FineWeb-Edu, else the --out folder's name)")
     parser.add_argument("--shard_size", type=count, default=10**8, help="tokens per shard (the last shard may hold fewer)")
     parser.add_argument("--num_proc", type=count, default=os.cpu_count(), help="tokenizer processes (1: tokenize in this process)")
     return parser.parse_args(argv)
@@ -279,10 +286,10 @@ def parse_args(argv):
 def expand(patterns, column):
     files = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern))  # an existing plain path "globs" to itself
+        matches = sorted(glob.glob(pattern))  # an existing plain path globs to itself
         if not matches:
             raise InputError(f"--input {pattern!r} matches no file")
-        files += [Path(m) for m in matches]
+        files += map(Path, matches)
     for path in files:
         if path.suffix not in READERS:
             raise InputError(f"--input {path}: not a .txt, .jsonl or .parquet file")
@@ -292,11 +299,11 @@ def expand(patterns, column):
 
 
 def resolve(args):
-    """Fill in the input files and the defaults that depend on the source; returns the settings that
-    determine the output (a restart must use the same)."""
+    """Fill in the input files and the defaults that depend on the source. Returns the settings that
+    determine the output, which a restart must repeat."""
     fineweb = not args.input and args.dataset == FINEWEB_EDU
-    if fineweb:
-        args.name = args.name or "sample-10BT"
+    args.name = args.name or ("sample-10BT" if fineweb else None)
+    args.files = None
     if args.input:
         args.files = expand(args.input, args.text_column)
         out = args.files[0].resolve().parent.name
@@ -304,7 +311,6 @@ def resolve(args):
         args.files = [download(TINYSHAKESPEARE_URL, Path(__file__).resolve().parent / "tinyshakespeare" / "input.txt")]
         out = "tinyshakespeare"
     else:
-        args.files = None
         out = "edu_fineweb10B" if fineweb and args.name == "sample-10BT" else "_".join(filter(None, [Path(args.dataset).name, args.name]))
     args.out = Path(args.out or out)
     args.prefix = args.prefix or ("edufineweb" if fineweb else args.out.name)

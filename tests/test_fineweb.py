@@ -74,6 +74,11 @@ def write_jsonl(path, docs):
         f.write("\n")  # a trailing blank line is not a document
 
 
+def valid_utf8(docs):
+    """The documents a parquet file can hold: no lone surrogates."""
+    return [doc for doc in docs if "\ud800" not in doc]
+
+
 @pytest.fixture(scope="module")
 def paragraphs(shared_data):
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
@@ -85,7 +90,8 @@ def corpus(tmp_path, paragraphs):
     """Documents in .jsonl, .txt (through a glob) and .parquet, given out of alphabetical order,
     with the awkward cases: empty text, \\r\\n, non-ASCII, and the EOT's text, which is ordinary text."""
     tricky = ["", "line one\r\nline two\r\n", "naïve café, 東京 🙂", "not an EOT: <|endoftext|>", "   "]
-    jsonl, txt, parquet = paragraphs[:60] + tricky, paragraphs[60:63] + tricky[1:3], paragraphs[63:150] + tricky
+    jsonl = paragraphs[:60] + tricky + ["a lone surrogate \ud800 from a JSON escape"]
+    txt, parquet = paragraphs[60:63] + tricky[1:3], paragraphs[63:150] + tricky
     write_jsonl(tmp_path / "z.jsonl", jsonl)
     (tmp_path / "txt").mkdir()
     for name, doc in zip(["01.txt", "02.txt", "10.txt", "11.txt", "12.txt"], txt):
@@ -126,7 +132,7 @@ def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shard
 
 def test_hugging_face_dataset_path_reads_the_same_documents(tmp_path, corpus):
     """The FineWeb-Edu code path (load_dataset), here on a local parquet folder, with and without streaming."""
-    _, docs = corpus
+    docs = valid_utf8(corpus[1])
     (tmp_path / "hub").mkdir()
     write_parquet(tmp_path / "hub" / "train-00000.parquet", docs)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
@@ -172,11 +178,25 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
     assert f"this run tokenized {total - done:,} tokens" in result.stdout  # finished shards' documents were skipped
 
 
+def test_ctrl_c_leaves_complete_shards_and_says_how_to_continue(tmp_path, big_corpus):
+    write_jsonl(tmp_path / "docs.jsonl", big_corpus)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, FINEWEB, "--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--shard_size", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not list(out.glob("*.npy")) and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "run the same command again" in one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
+    assert shards(out) and not json.loads((out / "manifest.json").read_text())["complete"]
+
+
 @pytest.mark.parametrize("source", ["corpus", "dataset"])
 def test_restart_from_each_finished_shard_continues_exactly(tmp_path, corpus, source, capsys, monkeypatch):
     """Resuming from every point a run can stop at: inside a document, between files, between row groups."""
     inputs, docs = corpus
     if source == "dataset":
+        docs = valid_utf8(docs)
         (tmp_path / "hub").mkdir()
         write_parquet(tmp_path / "hub" / "train-00000.parquet", docs)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -213,12 +233,18 @@ def write_bytes(path, data):
     return path
 
 
+def write_table(path, table):
+    pq.write_table(table, path)
+    return path
+
+
 BAD_INPUTS = {  # name: (make the input in tmp_path, the extra arguments, what the one line must mention)
     "missing file": (lambda d: d / "missing.txt", [], "missing.txt"),
     "glob matching nothing": (lambda d: d / "nothing" / "*.jsonl", [], "matches no file"),
     "unsupported suffix": (lambda d: write_bytes(d / "docs.csv", b"text\nhello\n"), [], "docs.csv"),
     "corrupt parquet": (lambda d: write_bytes(d / "docs.parquet", b"PAR1 not really parquet"), [], "docs.parquet"),
-    "parquet without text column": (lambda d: (pq.write_table(pa.table({"body": ["hi"]}), d / "docs.parquet"), d / "docs.parquet")[1], [], "'text'"),
+    "parquet without text column": (lambda d: write_table(d / "docs.parquet", pa.table({"body": ["hi"]})), [], "'text'"),
+    "parquet with a non-text column": (lambda d: write_table(d / "docs.parquet", pa.table({"text": [1, 2]})), [], "'text'"),
     "jsonl without text field": (lambda d: write_bytes(d / "docs.jsonl", b'{"text": "ok"}\n{"body": "hi"}\n'), [], "docs.jsonl:2"),
     "malformed jsonl line": (lambda d: write_bytes(d / "docs.jsonl", b'{"text": "ok"}\n\n{"text": "fine"}\n{"text": broken\n'), [], "docs.jsonl:4"),
     "not utf-8 text": (lambda d: write_bytes(d / "docs.txt", b"caf\xe9"), [], "docs.txt"),
@@ -285,4 +311,4 @@ def test_help_lists_every_flag_with_its_default():
     assert result.returncode == 0
     for flag in ["--input", "--dataset", "--name", "--streaming", "--text_column", "--out", "--prefix", "--shard_size", "--num_proc"]:
         assert flag in result.stdout
-    assert result.stdout.count("(default:") >= 8
+    assert result.stdout.count("(default:") == 9
