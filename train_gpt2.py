@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import typing
 from dataclasses import dataclass, field
