@@ -416,7 +416,8 @@ def flag(default, help, **kwargs):
 @dataclass
 class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
-    log_dir: str = flag("log", "where log.txt and the checkpoints go")
+    log_dir: str | None = flag(None, "where log.txt and the checkpoints go (default: log/<run_name> with --run_name, else log)")
+    run_name: str | None = flag(None, "a name for this run: its log dir (unless --log_dir is given) and its wandb name")
     model: str = flag("gpt2", "architecture preset", choices=list(MODEL_PRESETS))
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
@@ -442,6 +443,8 @@ class TrainConfig:
     device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps", type=device_name)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
+    wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without a network)")
+    wandb_project: str = flag("gpt2-kit", "the wandb project to log to")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -475,6 +478,10 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
+    if cfg.run_name is not None and (not cfg.run_name.strip() or Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
+        parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
+    if cfg.log_dir is None:
+        cfg.log_dir = str(Path("log", cfg.run_name or ""))
     model_config = make_model_config(cfg)
     if model_config.n_embd % model_config.n_head:
         parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
@@ -641,6 +648,11 @@ def main(argv=None):
     if checkpoint is not None and checkpoint["config"] != dataclasses.asdict(model_config):
         raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
 
+    if cfg.wandb:
+        try:
+            import wandb  # only with --wandb: it is optional and slow to import
+        except ImportError:
+            raise SystemExit("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None
     hella_examples = None
     if cfg.hellaswag_interval:
@@ -700,12 +712,21 @@ def main(argv=None):
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
     flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
     peak = peak_flops(device)
+    wandb_run = None
+    if cfg.wandb and master:
+        # a resumed run goes on in the same wandb run; wandb drops the steps it already has
+        run_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
+        wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=run_id, resume="allow", dir=log_dir, config=dataclasses.asdict(cfg))
 
-    def log_event(line):
+    def log_event(step, kind, value):
+        """An evaluation: printed, appended to log.txt as `<step> <kind> <value>`, and sent to wandb."""
+        line = f"{step} {kind} {value:.4f}"
         log(line)
         if master:
             with open(log_file, "a") as f:
                 f.write(line + "\n")
+        if wandb_run is not None:
+            wandb_run.log({kind: value}, step=step)
 
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
@@ -714,11 +735,11 @@ def main(argv=None):
 
         if due(cfg.eval_interval):
             val_loss = evaluate(model, val_loader, val_seqs, B, rank, world_size, device, autocast)
-            log_event(f"{step} val {val_loss:.4f}")
+            log_event(step, "val", val_loss)
         if hella_examples and due(cfg.hellaswag_interval):
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
             n, _, n_correct_norm = hellaswag.evaluate(model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
-            log_event(f"{step} hella {n_correct_norm / n:.4f}")
+            log_event(step, "hella", n_correct_norm / n)
         if plotting and (due(cfg.eval_interval) or (hella_examples and due(cfg.hellaswag_interval))):
             from plot import plot_run
 
@@ -736,6 +757,7 @@ def main(argv=None):
                     "train_loader": train_loader.state_dict(),
                     "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
                     "args": dataclasses.asdict(cfg),
+                    "wandb_run_id": wandb_run.id if wandb_run is not None else None,
                 },
             )
         if last_step:
@@ -785,7 +807,12 @@ def main(argv=None):
         if master:
             with open(log_file, "a") as f:
                 f.write(f"{step} train {loss_value:.6f}\n")
+        if wandb_run is not None:
+            metrics = {"train": loss_value, "lr": lr, "norm": norm.item(), "tok_per_sec": tokens_per_sec}
+            wandb_run.log({**metrics, **({"mfu": flops_per_step / dt / world_size / peak} if peak else {})}, step=step)
 
+    if wandb_run is not None:
+        wandb_run.finish()
     if ddp:
         torch.distributed.destroy_process_group()
 
