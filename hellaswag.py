@@ -14,7 +14,8 @@ cleans the text and divides the summed log-likelihood by the ending's length in 
 acc_norm for the same model is another number. Compare only numbers from the same scorer.
 
 Training renders the examples once with load_examples and scores them with evaluate as often as
-it likes; every forward has the same shape, so a compiled model compiles once.
+it likes, with the bare (uncompiled) model: forwards have the length of their longest row, and
+compiling every length would cost more than it saves.
 """
 
 import argparse
@@ -116,51 +117,47 @@ def load_examples(data_dir=DATA_DIR, split="val", limit=None):
 # scoring
 
 
-def forward_length(examples, block_size):
-    """The one row length of every forward over these examples, so that a compiled model compiles once:
-    the longest input (a row's last token is only a target), at most block_size."""
-    return min(max(len(ctx) + len(ending) for ctx, endings, _ in examples for ending in endings) - 1, block_size)
-
-
 @torch.no_grad()
-def choose(model, batch, rows, length, device, autocast):
-    """The acc and acc_norm choices of each example in batch, from one right-padded (rows, length) forward."""
-    inputs = torch.zeros(rows, length, dtype=torch.long)
-    targets = torch.zeros(rows, length, dtype=torch.long)
-    scored = torch.zeros(rows, length, dtype=torch.bool)
-    for i, (ctx, endings, _) in enumerate(batch):
-        for j, ending in enumerate(endings):
-            tokens = (ctx + ending)[-(length + 1) :]  # past block_size, the context loses its oldest tokens
-            n, row = len(tokens) - 1, 4 * i + j
-            inputs[row, :n] = torch.tensor(tokens[:-1])
-            targets[row, :n] = torch.tensor(tokens[1:])
-            scored[row, n - min(len(ending), n) : n] = True
+def choose(model, batch, block_size, device, autocast):
+    """The acc and acc_norm choices of each example in batch, from one forward over its 4 rows per example,
+    right-padded to the longest (causal attention: a row never sees the padding after it)."""
+    rows = [((ctx + ending)[-(block_size + 1) :], len(ending)) for ctx, endings, _ in batch for ending in endings]
+    length = max(len(tokens) for tokens, _ in rows) - 1  # past block_size, a context loses its oldest tokens
+    inputs = torch.zeros(len(rows), length, dtype=torch.long)
+    targets = torch.zeros(len(rows), length, dtype=torch.long)
+    scored = torch.zeros(len(rows), length, dtype=torch.bool)
+    for row, (tokens, n_ending) in enumerate(rows):
+        n = len(tokens) - 1
+        inputs[row, :n] = torch.tensor(tokens[:-1])
+        targets[row, :n] = torch.tensor(tokens[1:])
+        scored[row, n - min(n_ending, n) : n] = True
     inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
     with autocast:
-        logits, _ = model(inputs)
-    # float32 cross-entropy at the ending tokens only: bf16 is too coarse to rank close endings, and a
-    # full-vocabulary log-softmax at every context and padding position would be thrown away
-    losses = torch.zeros(rows, length, device=device)
-    losses[scored] = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+        # the 50304-wide LM head only where it predicts an ending token: a third of the positions, and
+        # (for small models) most of the cost of a forward
+        logits = model.lm_head(model.hidden_states(inputs)[scored])
+    # float32 cross-entropy: bf16 is too coarse to rank close endings
+    losses = torch.zeros(len(rows), length, device=device)
+    losses[scored] = F.cross_entropy(logits.float(), targets[scored], reduction="none")
     sums = losses.sum(1).view(-1, 4)
-    means = sums / scored.sum(1).view(-1, 4)  # rows of padding examples divide by 0; they are dropped below
-    return sums.argmin(1)[: len(batch)].tolist(), means.argmin(1)[: len(batch)].tolist()
+    means = sums / scored.sum(1).view(-1, 4)
+    return sums.argmin(1).tolist(), means.argmin(1).tolist()
 
 
 def predict(model, examples, block_size, device, autocast, batch_size, rank=0, world_size=1, progress=False):
     """The acc and acc_norm choices (ending indices) for examples[rank::world_size], batch_size examples
-    (4 * batch_size rows) per forward. model(idx) returns (logits, loss); it may be compiled or DDP-wrapped."""
-    length = forward_length(examples, block_size)  # from all examples, so every rank pads alike
+    (4 * batch_size rows) per forward. model is our GPT (or HFModel): scoring uses its hidden_states and lm_head."""
     mine = examples[rank::world_size]
-    # the same number of forwards on every rank: a DDP-wrapped model may broadcast buffers in each one
-    n_batches = -(-len(examples) // (batch_size * world_size))
-    choices, choices_norm = [], []
+    # longest first, so that each forward pads its rows to about the same length, and the first one shows
+    # the peak memory
+    order = sorted(range(len(mine)), key=lambda i: -max(len(mine[i][0]) + len(ending) for ending in mine[i][1]))
+    choices, choices_norm = [0] * len(mine), [0] * len(mine)
     with tqdm(total=len(mine), unit="examples", disable=not progress) as bar:
-        for b in range(n_batches):
-            batch = mine[b * batch_size : (b + 1) * batch_size]
-            acc, acc_norm = choose(model, batch, 4 * batch_size, length, device, autocast)
-            choices += acc
-            choices_norm += acc_norm
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            acc, acc_norm = choose(model, [mine[i] for i in batch], block_size, device, autocast)
+            for i, a, a_norm in zip(batch, acc, acc_norm):
+                choices[i], choices_norm[i] = a, a_norm
             bar.update(len(batch))
     return choices, choices_norm
 
@@ -179,14 +176,14 @@ def evaluate(model, examples, block_size, device, autocast, batch_size, rank=0, 
 
 
 class HFModel(torch.nn.Module):
-    """transformers' GPT2LMHeadModel behind our GPT's interface: model(idx) -> (logits, None)."""
+    """transformers' GPT2LMHeadModel behind the two parts of our GPT that scoring uses."""
 
     def __init__(self, hf):
         super().__init__()
-        self.hf = hf
+        self.hf, self.lm_head = hf, hf.lm_head
 
-    def forward(self, idx):
-        return self.hf(idx, use_cache=False).logits, None
+    def hidden_states(self, idx):
+        return self.hf.transformer(idx, use_cache=False).last_hidden_state  # after the final LayerNorm, as ours
 
 
 def load_model(model_type, checkpoint, device):

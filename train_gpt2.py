@@ -153,7 +153,9 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def hidden_states(self, idx, kv_cache=None):
+        """The final LayerNorm's output (B, T, n_embd): what lm_head turns into logits. Scorers that need
+        logits at a few positions (hellaswag.py) apply lm_head there alone, its 50304 columns being most of the cost."""
         B, T = idx.size()
         start = kv_cache[0].length if kv_cache else 0
         assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
@@ -161,7 +163,10 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache[i] if kv_cache else None)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        logits = self.lm_head(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -738,7 +743,7 @@ def main(argv=None):
             log_event(step, "val", val_loss)
         if hella_examples and due(cfg.hellaswag_interval):
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
-            n, _, n_correct_norm = hellaswag.evaluate(model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
+            n, _, n_correct_norm = hellaswag.evaluate(raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
             log_event(step, "hella", n_correct_norm / n)
         if plotting and (due(cfg.eval_interval) or (hella_examples and due(cfg.hellaswag_interval))):
             from plot import plot_run

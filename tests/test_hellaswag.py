@@ -142,25 +142,32 @@ def test_long_contexts_lose_their_oldest_tokens(val_file):
         assert hellaswag.predict(model, examples, 40, CPU, FP32, batch_size)[1] == choices_norm
 
 
-def test_every_forward_has_one_shape_on_every_rank(val_file):
-    class ShapeRecorder(torch.nn.Module):
+def test_forwards_pad_to_their_longest_row_and_apply_the_lm_head_at_ending_tokens_only(val_file):
+    class Recorder(torch.nn.Module):
         def __init__(self, model):
             super().__init__()
-            self.model, self.shapes = model, []
+            self.model, self.shapes, self.head_rows = model, [], []
 
-        def forward(self, idx):
+        def hidden_states(self, idx):
             self.shapes.append(tuple(idx.shape))
-            return self.model(idx)
+            return self.model.hidden_states(idx)
+
+        def lm_head(self, hidden):
+            self.head_rows.append(hidden.size(0))
+            return self.model.lm_head(hidden)
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=256, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()
     examples = hellaswag.load_examples(val_file.parent, "val", limit=11)
-    longest = max(len(ctx) + len(end) for ctx, endings, _ in examples for end in endings) - 1
-    for rank, world_size, forwards in [(0, 1, 3), (0, 2, 2), (1, 2, 2)]:  # 11 examples, 4 per forward
-        model = ShapeRecorder(gpt)
+    longest = lambda ex: max(len(ex[0]) + len(end) for end in ex[1]) - 1  # a row's last token is only a target
+    for rank, world_size in [(0, 1), (0, 2), (1, 2)]:
+        mine = sorted(examples[rank::world_size], key=longest, reverse=True)
+        batches = [mine[i : i + 4] for i in range(0, len(mine), 4)]
+        model = Recorder(gpt)
         choices, _ = hellaswag.predict(model, examples, 256, CPU, FP32, batch_size=4, rank=rank, world_size=world_size)
-        assert len(choices) == len(examples[rank::world_size])
-        assert model.shapes == [(16, longest)] * forwards
+        assert len(choices) == len(mine)
+        assert model.shapes == [(4 * len(b), longest(b[0])) for b in batches]  # longest first, little padding
+        assert model.head_rows == [sum(len(end) for ex in b for end in ex[1]) for b in batches]
 
 
 def test_two_processes_count_what_one_process_counts(tiny_checkpoint, reference, val_file, tmp_path):
@@ -171,7 +178,7 @@ def test_two_processes_count_what_one_process_counts(tiny_checkpoint, reference,
         "from train_gpt2 import GPT\n"
         "torch.distributed.init_process_group('gloo')\n"
         "rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()\n"
-        f"model = torch.nn.parallel.DistributedDataParallel(GPT.from_checkpoint({str(tiny_checkpoint)!r}).eval())\n"
+        f"model = GPT.from_checkpoint({str(tiny_checkpoint)!r}).eval()  # the bare model, as training passes it\n"
         f"examples = hellaswag.load_examples({str(val_file.parent)!r}, 'val', limit=21)\n"
         "autocast = torch.autocast('cpu', enabled=False)\n"
         "counts = hellaswag.evaluate(model, examples, 256, torch.device('cpu'), autocast, 4, rank, world_size)\n"
