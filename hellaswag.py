@@ -195,11 +195,12 @@ def load_model(model_type, checkpoint, device):
         return model.eval(), model.config.block_size
     from transformers import GPT2LMHeadModel
 
+    from train_gpt2 import first_line
+
     try:
         hf = GPT2LMHeadModel.from_pretrained(model_type)
     except (OSError, ValueError) as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f"cannot load {model_type!r} ({first_line}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
+        raise SystemExit(f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
     return HFModel(hf).to(device).eval(), hf.config.n_positions
 
 

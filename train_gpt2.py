@@ -195,8 +195,7 @@ class GPT(nn.Module):
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SystemExit(f"from_pretrained: cannot load {name_or_path!r} ({first_line}); check the network or pass a local folder")
+            raise SystemExit(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); check the network or pass a local folder")
         hc = hf.config
         if hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
             raise SystemExit(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
@@ -245,8 +244,11 @@ class GPT(nn.Module):
         checkpoint = load_checkpoint(path, device)
         if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
             raise SystemExit(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
-        model = cls(GPTConfig(**checkpoint["config"])).to(device)
-        model.load_state_dict(checkpoint["model"])
+        try:  # a config GPTConfig does not know, or weights of other names or shapes: written by something else
+            model = cls(GPTConfig(**checkpoint["config"])).to(device)
+            model.load_state_dict(checkpoint["model"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise SystemExit(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({first_line(e)})")
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, device_type):
@@ -579,6 +581,13 @@ def load_checkpoint(path, device="cpu"):
         raise SystemExit(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
 
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
+
+
 def load_newest_checkpoint(log_dir, log):
     """The newest checkpoint in log_dir that loads, skipping damaged ones; None if there is none."""
     for path in reversed(checkpoint_paths(log_dir)):
@@ -647,12 +656,16 @@ def main(argv=None):
         raise SystemExit(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
 
     log_dir = Path(cfg.log_dir)
+    if log_dir.exists() and not log_dir.is_dir():
+        raise SystemExit(f"--log_dir {log_dir} is a file, not a folder: choose a new --log_dir")
     resume_path, checkpoint = load_newest_checkpoint(log_dir, log) if cfg.resume else (None, None)
     if not cfg.resume and checkpoint_paths(log_dir):
         raise SystemExit(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
     if cfg.resume and checkpoint is None and checkpoint_paths(log_dir):
         raise SystemExit(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
     model_config = make_model_config(cfg)
+    if checkpoint is not None and (missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set())):
+        raise SystemExit(f"{resume_path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
     if checkpoint is not None and checkpoint["config"] != dataclasses.asdict(model_config):
         raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
 
@@ -695,8 +708,11 @@ def main(argv=None):
     start_step, val_loss = 0, None
     log_file = log_dir / "log.txt"
     if checkpoint is not None:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            raw_model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise SystemExit(f"{resume_path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
         train_loader.load_state_dict(checkpoint["train_loader"])
         torch.set_rng_state(checkpoint["rng"]["cpu"])
         if device.type == "cuda" and checkpoint["rng"]["cuda"]:

@@ -1,4 +1,4 @@
-"""hellaswag.py: scores against an independent per-ending loop, batching, ranks, and bad input."""
+"""hellaswag.py: scores against an independent per-ending loop, batching, ranks, and the download (bad input: test_errors.py)."""
 import dataclasses
 import functools
 import hashlib
@@ -237,88 +237,6 @@ def test_download_once_via_a_temporary_name(file_server, val_file, tmp_path, mon
     with pytest.raises(SystemExit, match="cannot download .*cut_val.jsonl"):
         hellaswag.load_examples(tmp_path / "cut", "val")
     assert list((tmp_path / "cut").iterdir()) == []  # the partial download is gone, nothing looks complete
-
-
-def first_lines(val_file, n):
-    with open(val_file) as f:
-        return list(itertools.islice(f, n))
-
-
-def edited(val_file, line, change):
-    lines = first_lines(val_file, 5)
-    example = json.loads(lines[line - 1])
-    change(example)
-    lines[line - 1] = json.dumps(example) + "\n"
-    return "".join(lines)
-
-
-FILES = {
-    "key missing": (lambda v: edited(v, 2, lambda e: e.pop("endings")), "line 2: no endings"),
-    "label out of range": (lambda v: edited(v, 4, lambda e: e.update(label=7)), "line 4: label 7 is not 0, 1, 2 or 3"),
-    "label as text": (lambda v: edited(v, 1, lambda e: e.update(label="1")), "line 1: label '1' is not"),
-    "three endings": (lambda v: edited(v, 3, lambda e: e["endings"].pop()), "line 3: 3 endings instead of 4"),
-    "not an object": (lambda v: "".join(first_lines(v, 2)) + "[1, 2]\n", "line 3: not a JSON object"),
-    "cut at a line end": (lambda v: "".join(first_lines(v, 100)), "holds 100 examples, the val split has 10042"),
-}
-
-
-@pytest.mark.parametrize("case", FILES)
-def test_damaged_file_is_refused_naming_file_and_line(case, val_file, tmp_path):
-    write, message = FILES[case]
-    (tmp_path / "hellaswag_val.jsonl").write_text(write(val_file))
-    with pytest.raises(SystemExit, match=f"hellaswag_val.jsonl.*{message}"):
-        hellaswag.load_examples(tmp_path, "val")
-
-
-def truncated(val_file):
-    lines = first_lines(val_file, 101)
-    return "".join(lines[:100]) + lines[100][:50]
-
-
-def broken(val_file, line):
-    lines = first_lines(val_file, 5)
-    lines[line - 1] = lines[line - 1].replace('"label": ', '"label" ', 1)
-    return "".join(lines)
-
-
-BAD_FLAGS = {
-    "no model": ([], "one of the arguments -m/--model_type --checkpoint is required"),
-    "two models": (["-m", "gpt2", "--checkpoint", "x"], "not allowed with"),
-    "zero batch size": (["--checkpoint", "x", "--batch_size", "0"], "--batch_size must be at least 1"),
-    "zero limit": (["--checkpoint", "x", "--limit", "0"], "--limit must be at least 1"),
-    "unknown device": (["--checkpoint", "x", "--device", "tpu"], "argument --device: 'tpu' is not one of"),
-    "test split": (["--checkpoint", "x", "--split", "test"], "invalid choice: 'test'"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_FLAGS)
-def test_bad_flag_gets_one_line_and_exit_code_2(case, capsys):
-    args, message = BAD_FLAGS[case]
-    with pytest.raises(SystemExit) as exit_info:
-        hellaswag.parse_args(args)
-    errors = capsys.readouterr().err.splitlines()
-    assert exit_info.value.code == 2 and len(errors) == 1 and message in errors[0], errors
-
-
-BAD_INPUTS = {
-    "unknown flag": (["--checkpoint", "x", "--bogus"], None, 2, "unrecognized arguments: --bogus"),
-    "truncated file": (["--checkpoint", "x"], truncated, 1, "hellaswag_val.jsonl line 101 is not valid JSON"),
-    "malformed line": (["--checkpoint", "x"], lambda v: broken(v, 3), 1, "hellaswag_val.jsonl line 3 is not valid JSON"),
-    "no file, no network": (["--checkpoint", "x"], None, 1, "cannot download https://raw.githubusercontent.com/"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_gets_one_line_and_changes_nothing(case, val_file, tmp_path):
-    args, write, code, message = BAD_INPUTS[case]
-    if write:
-        (tmp_path / "hellaswag_val.jsonl").write_text(write(val_file))
-    before = snapshot(tmp_path)
-    proc = run(str(REPO / "hellaswag.py"), *args, "--data_dir", str(tmp_path))
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == code, proc.stderr
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
-    assert snapshot(tmp_path) == before
 
 
 # --- the module and its command line ------------------------------------------
