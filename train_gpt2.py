@@ -270,18 +270,21 @@ class GPT(nn.Module):
         kv_cache = None
         for _ in range(max_new_tokens):
             if kv_cache is not None and kv_cache[0].length < block_size:
-                logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
+                hidden = self.hidden_states(idx[:, -1:], kv_cache=kv_cache)
             else:
                 # (re)fill the cache from the last block_size tokens: once the window slides, every
                 # token's absolute position changes, so its cached keys are stale
                 kv_cache = [KVCache(block_size) for _ in self.transformer.h] if use_kv_cache else None
-                logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache)
-            logits = logits[:, -1, :GPT2_VOCAB_SIZE].float() / temperature  # padded ids are never sampled
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
+                hidden = self.hidden_states(idx[:, -block_size:], kv_cache=kv_cache)
+            # the LM head at the last position only: the others' logits would be thrown away
+            logits = self.lm_head(hidden[:, -1, :])[:, :GPT2_VOCAB_SIZE].float() / temperature  # padded ids are never sampled
+            candidates = None
+            if top_k is not None:  # sample among the k most likely alone: softmax and sampling over k, not 50257
+                logits, candidates = torch.topk(logits, min(top_k, logits.size(-1)))
             probs = F.softmax(logits, dim=-1)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            if candidates is not None:
+                idx_next = candidates.gather(-1, idx_next)
             idx = torch.cat((idx, idx_next), dim=1)
             if stream is not None:
                 stream(idx_next)
