@@ -53,7 +53,7 @@ PER_DEVICE = {
     "cpu": dict(model="mini", batch_size=8, repeats=5, matmul_size=2048),  # 6.5 minutes on 2 busy cores
     "cuda": dict(model="gpt2", batch_size=16, repeats=10, matmul_size=8192),  # B=16 fits any 40 GB GPU
 }
-ALL = dict(compile=True, generate_model="gpt2", new_tokens=256, hellaswag_n=100, hellaswag_batch=16, fineweb_docs=4000)
+ALL = dict(compile=True, generate_model="gpt2", new_tokens=256, hellaswag_n=100, hellaswag_batch=16, fineweb_docs=12000)
 PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of generating after it
 
 # -----------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def parse_args(argv=None):
     parser.add_argument("--hellaswag_batch", type=int, help="examples per forward of the batched side (default: 16)")
     parser.add_argument("--hellaswag_dir", help="folder holding hellaswag_val.jsonl (default: hellaswag/ beside hellaswag.py, "
                                                 "else ../shared/data/hellaswag if it holds the file, else downloaded into the first)")
-    parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize (default: 4000, about 5M tokens)")
+    parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize (default: 12000, about 15M tokens)")
     parser.add_argument("--text", help="text cut into those documents (default: tinyshakespeare/input.txt beside fineweb.py, "
                                        "else ../shared/data/tinyshakespeare/input.txt)")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help=f"fineweb.py's --num_proc (default: all {os.cpu_count()} cores)")
