@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from train_gpt2 import (GPT2_VOCAB_SIZE, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPT, ArgumentParser, GPTConfig,
-                        device_name, peak_flops, pick_device, use_bf16)
+                        device_name, make_model_config, peak_flops, pick_device, use_bf16)
 
 BENCHMARKS = ["train", "generate", "hellaswag", "fineweb"]
 HERE = Path(__file__).resolve().parent
@@ -426,8 +426,7 @@ def parse_args(argv=None):
                  "hellaswag_n", "hellaswag_batch", "fineweb_docs", "num_proc"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd") if getattr(args, k) is not None}
-    args.model_config = GPTConfig(**{**MODEL_PRESETS[args.model], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
+    args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
     if args.model_config.n_embd % args.model_config.n_head:
         parser.error(f"--n_embd {args.model_config.n_embd} is not divisible by --n_head {args.model_config.n_head}")
     args.seq_len = args.seq_len or args.model_config.block_size

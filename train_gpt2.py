@@ -828,15 +828,15 @@ def main(argv=None):
         if not math.isfinite(loss_value):
             raise SystemExit(f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in {log_dir} are untouched")
 
-        tokens_per_sec = cfg.total_batch_size / dt
-        mfu = f"{100 * flops_per_step / dt / world_size / peak:.2f}%" if peak else "n/a"
-        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {mfu}")
+        tokens_per_sec, norm_value = cfg.total_batch_size / dt, norm.item()
+        mfu = flops_per_step / dt / world_size / peak if peak else None
+        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}")
         if master:
             with open(log_file, "a") as f:
                 f.write(f"{step} train {loss_value:.6f}\n")
         if wandb_run is not None:
-            metrics = {"train": loss_value, "lr": lr, "norm": norm.item(), "tok_per_sec": tokens_per_sec}
-            wandb_run.log({**metrics, **({"mfu": flops_per_step / dt / world_size / peak} if peak else {})}, step=step)
+            metrics = {"train": loss_value, "lr": lr, "norm": norm_value, "tok_per_sec": tokens_per_sec}
+            wandb_run.log({**metrics, **({"mfu": mfu} if mfu else {})}, step=step)
 
     if wandb_run is not None:
         wandb_run.finish()
