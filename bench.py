@@ -12,7 +12,9 @@ Speed of this kit's fast paths against a baseline, each pair in one process on t
              recomputing the whole context for every token
   hellaswag  hellaswag.evaluate with 16 examples per forward against the usual scoring, one example per
              forward with the logits of every position (and, in the notes, ours at one example per forward)
-  fineweb    fineweb.py end to end (its process pool) against one process calling encode_ordinary in a loop
+  fineweb    fineweb.py end to end (its process pool) against one process calling encode_ordinary in a loop,
+             and (in the notes) num_proc such loops side by side on their share of the documents: the
+             most that num_proc processes can give on this machine
 
 Each side is warmed up, then the two are timed alternately (ABAB...: a shared machine's speed drifts
 from one minute to the next) and the median of the timings is reported. The last line printed is one
@@ -26,6 +28,7 @@ import datetime
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -284,13 +287,27 @@ def bench_fineweb(args, device):
             shutil.rmtree(out)
             return tokens
 
-        def loop():  # the documents already in memory: only the tokenizer is timed
-            return sum(len(enc.encode_ordinary(doc)) + 1 for doc in docs)  # + 1: the EOT before each document
+        def loop(part=slice(None)):  # the documents already in memory: only the tokenizer is timed
+            return sum(len(enc.encode_ordinary(doc)) + 1 for doc in docs[part])  # + 1: the EOT before each document
 
-        seconds, tokens = interleaved({"pool": pool, "loop": loop}, args.repeats, device)
+        def ceiling():  # what this machine's cores give at best: num_proc loops over their share, nothing shared
+            fork = multiprocessing.get_context("fork")  # the loops inherit the documents, nothing is sent
+            loops = [fork.Process(target=loop, args=(slice(i, None, args.num_proc),)) for i in range(args.num_proc)]
+            for p in loops:
+                p.start()
+            for p in loops:
+                p.join()
+            assert all(p.exitcode == 0 for p in loops), "a tokenizer loop failed"
+
+        runs = {"pool": pool, "loop": loop}
+        if "fork" in multiprocessing.get_all_start_methods():  # not on Windows
+            runs["ceiling"] = ceiling
+        seconds, tokens = interleaved(runs, args.repeats, device)
     assert tokens["pool"] == tokens["loop"], f"fineweb.py wrote {tokens['pool']} tokens, the loop counted {tokens['loop']}"
     figures = {f"{name}_tokens_per_s": tokens["loop"] / s for name, s in seconds.items()}
     figures["ratio"] = figures["pool_tokens_per_s"] / figures["loop_tokens_per_s"]
+    if "ceiling" in seconds:
+        figures["ceiling_ratio"] = figures["ceiling_tokens_per_s"] / figures["loop_tokens_per_s"]
     figures.update(tokens=tokens["loop"], documents=len(docs), num_proc=args.num_proc)
     return figures
 
@@ -341,7 +358,8 @@ def table_rows(results, args, bf16):
                      f"{r['n']} val examples; ours at 1/forward: {si(r['single_examples_per_s'], 'ex/s')}; " + same_counts_note(r, bf16)))
     if r := results.get("fineweb"):
         rows.append(("fineweb", si(r["pool_tokens_per_s"], "tok/s") + f" ({r['num_proc']} proc)", si(r["loop_tokens_per_s"], "tok/s") + " (loop)",
-                     r["ratio"], f"{r['documents']:,} documents, {r['tokens']:,} tokens"))
+                     r["ratio"], f"{r['documents']:,} documents, {r['tokens']:,} tokens"
+                     + (f"; {r['num_proc']} loops side by side, the cores' ceiling: {r['ceiling_ratio']:.2f}x" if "ceiling_ratio" in r else "")))
     if r := results.get("peak"):
         rows.append(("matmul peak", si(r["bf16_flops"], "FLOP/s") + " (bf16)", si(r["fp32_flops"], "FLOP/s") + " (fp32)",
                      r["bf16_flops"] / r["fp32_flops"], f"{args.matmul_size}^3, measured"))

@@ -132,11 +132,15 @@ def documents(args, skip):
 def download(url, path):
     """Fetch url into path once, through a temporary name: an interrupted download never looks complete."""
     if not path.exists():
+        made = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         try:
             urllib.request.urlretrieve(url, tmp)
         except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if made:  # a failed download leaves no trace, not even an empty folder
+                path.parent.rmdir()
             raise InputError(f"cannot download {url} ({e}); offline, pass a local copy with --input")
         os.replace(tmp, path)
     return path
@@ -144,6 +148,9 @@ def download(url, path):
 
 # -----------------------------------------------------------------------------
 # tokenizing, in this process or in a Pool of workers that each load their own encoder
+
+enc = None  # the gpt2 encoder, loaded once per process
+
 
 def load_encoder():
     global enc
@@ -156,7 +163,8 @@ def load_encoder():
 
 def init_worker():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to report, once
-    load_encoder()
+    if enc is None:  # a forked worker has the main process's encoder already; a spawned one loads its own (0.2 s)
+        load_encoder()
 
 
 def tokenize(text):

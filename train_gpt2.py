@@ -188,10 +188,9 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path):
         """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder."""
-        from transformers import GPT2LMHeadModel
-
         if not Path(name_or_path).is_dir() and name_or_path not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
             raise SystemExit(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+        from transformers import GPT2LMHeadModel  # slow to import: only once the name is known to be good
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:

@@ -14,7 +14,7 @@ FIGURES = {
     "train": ["ours_tokens_per_s", "hf_tokens_per_s", "ratio", "ours_mfu", "hf_mfu", "flops_per_token", "peak_flops"],
     "generate": ["cache_tokens_per_s", "no_cache_tokens_per_s", "ratio", "agreeing_tokens"],
     "hellaswag": ["batched_examples_per_s", "single_examples_per_s", "reference_examples_per_s", "ratio", "n"],
-    "fineweb": ["pool_tokens_per_s", "loop_tokens_per_s", "ratio", "tokens", "documents", "num_proc"],
+    "fineweb": ["pool_tokens_per_s", "loop_tokens_per_s", "ceiling_tokens_per_s", "ratio", "ceiling_ratio", "tokens", "documents", "num_proc"],
 }
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,24 @@ def test_one_and_two_processes_write_identical_bytes(tmp_path, corpus):
     for n in (1, 2):
         assert run("--input", *inputs, "--out", tmp_path / f"out{n}", "--prefix", "p", "--shard_size", 1000, "--num_proc", n).returncode == 0
     assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
+    # spawned workers, as on Windows and macOS, start without the main process's encoder and load their own
+    script = tmp_path / "spawned.py"
+    script.write_text(f"import multiprocessing, sys\nsys.path.insert(0, {str(Path(FINEWEB).parent)!r})\nimport fineweb\n"
+                      "if __name__ == '__main__':\n    multiprocessing.set_start_method('spawn')\n    fineweb.main(sys.argv[1:])\n")
+    args = ["--input", *map(str, inputs), "--out", str(tmp_path / "spawned"), "--prefix", "p", "--shard_size", "1000", "--num_proc", "2"]
+    result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert folder_bytes(tmp_path / "spawned") == folder_bytes(tmp_path / "out1")
+
+
+def test_tiny_shakespeare_download_that_fails_leaves_nothing_behind(tmp_path):
+    (tmp_path / "kit").mkdir()
+    script = shutil.copy(FINEWEB, tmp_path / "kit")  # the download goes beside the script: here, a folder of the test's
+    offline = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}  # refused at once
+    result = subprocess.run([sys.executable, script, "--dataset", "tinyshakespeare"], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, **offline, "NO_PROXY": "", "no_proxy": ""}, timeout=120)
+    assert result.returncode == 1 and "cannot download" in result.stderr and "--input" in result.stderr, result.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kit", "kit/fineweb.py"]
 
 
 def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(tmp_path, shared_data):
