@@ -36,10 +36,11 @@ DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: fails fast offline inst
 # the LM head runs on LM_HEAD_ROWS ending positions at a time: enough rows for an efficient matmul, while the
 # whole batch's logits (400 MB at 16 examples per forward) would not even fit in a CPU's caches
 LM_HEAD_ROWS = 256
-# and the float32 cross-entropy on LOSS_ROWS of them at a time: 32 x 50304 floats (6 MB) stay in the cache
-# from the upcast to the log-softmax; on a CPU, 128 rows at once (26 MB, out to RAM and back) made the
-# loss cost 3x the LM head's matmul
-LOSS_ROWS = 32
+# and, on a CPU, the float32 cross-entropy on CPU_LOSS_ROWS of them at a time: 32 x 50304 floats (6 MB) stay
+# in the cache from the upcast to the log-softmax, where 128 rows at once (26 MB, out to RAM and back) made
+# the loss cost 3x the LM head's matmul. A GPU takes all LM_HEAD_ROWS at once: its memory is fast, and
+# each slice costs kernel launches
+CPU_LOSS_ROWS = 32
 
 # -----------------------------------------------------------------------------
 # data: hellaswag_<split>.jsonl, one example per line
@@ -145,11 +146,12 @@ def choose(model, batch, block_size, device, autocast):
         # small models most of the cost of a forward), LM_HEAD_ROWS at a time; float32 cross-entropy, as
         # bf16 is too coarse to rank close endings
         hidden, scored_targets = model.hidden_states(inputs)[scored], targets[scored]
+        loss_rows = CPU_LOSS_ROWS if device.type == "cpu" else LM_HEAD_ROWS
         losses[scored] = torch.cat([
             F.cross_entropy(logits.float(), t, reduction="none")
             for start in range(0, len(hidden), LM_HEAD_ROWS)
-            for logits, t in zip(model.lm_head(hidden[start : start + LM_HEAD_ROWS]).split(LOSS_ROWS),
-                                 scored_targets[start : start + LM_HEAD_ROWS].split(LOSS_ROWS))
+            for logits, t in zip(model.lm_head(hidden[start : start + LM_HEAD_ROWS]).split(loss_rows),
+                                 scored_targets[start : start + LM_HEAD_ROWS].split(loss_rows))
         ])
     sums = losses.sum(1).view(-1, 4)
     means = sums / scored.sum(1).view(-1, 4)

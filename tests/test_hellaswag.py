@@ -123,6 +123,17 @@ def test_batch_size_does_not_change_any_prediction(tiny_checkpoint, reference, v
     assert many == ([r[0] for r in reference[:24]], [r[1] for r in reference[:24]])
 
 
+def test_slicing_the_lm_head_and_the_loss_does_not_change_any_prediction(tiny_checkpoint, reference, val_file, monkeypatch):
+    model = GPT.from_checkpoint(tiny_checkpoint).eval()
+    examples = hellaswag.load_examples(val_file.parent, "val", limit=24)
+    expected = ([r[0] for r in reference[:24]], [r[1] for r in reference[:24]])
+    # the loss over whole LM-head chunks (as on a GPU), slices that do not divide the chunks, one row at a time
+    for head_rows, loss_rows in [(256, 256), (100, 7), (1, 1)]:
+        monkeypatch.setattr(hellaswag, "LM_HEAD_ROWS", head_rows)
+        monkeypatch.setattr(hellaswag, "CPU_LOSS_ROWS", loss_rows)
+        assert hellaswag.predict(model, examples, model.config.block_size, CPU, FP32, batch_size=16) == expected
+
+
 def test_long_contexts_lose_their_oldest_tokens(val_file):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=40, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()
