@@ -1,7 +1,7 @@
 """
 Speed of this kit's fast paths against a baseline, each pair in one process on the same data.
 
-    python bench.py                            # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (under 7 minutes on 2 cores)
+    python bench.py                            # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (about 3 minutes on 2 cores)
     python bench.py --batch_size 32            # GPU: GPT-2 124M at T=1024, compile + bf16
     python bench.py --only train,generate --repeats 9
     python bench.py --quick                    # a tiny model, no compile: checks every path in seconds, measures nothing
@@ -53,7 +53,7 @@ SHARED_DATA = HERE.parent / "shared" / "data"  # offline copies of the data, bes
 QUICK = dict(model="micro", n_layer=1, batch_size=2, seq_len=32, compile=False, repeats=2, matmul_size=512,
              generate_model="micro", new_tokens=8, hellaswag_n=8, hellaswag_batch=4, fineweb_docs=40)
 PER_DEVICE = {
-    "cpu": dict(model="mini", batch_size=8, repeats=5, matmul_size=2048),  # 6.5 minutes on 2 busy cores
+    "cpu": dict(model="mini", batch_size=8, repeats=5, matmul_size=2048),  # about 3 minutes on 2 cores
     "cuda": dict(model="gpt2", batch_size=16, repeats=10, matmul_size=8192),  # B=16 fits any 40 GB GPU
 }
 ALL = dict(compile=True, generate_model="gpt2", new_tokens=256, hellaswag_n=100, hellaswag_batch=16, fineweb_docs=12000)
