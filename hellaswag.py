@@ -19,6 +19,7 @@ compiling every length would cost more than it saves.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -49,6 +50,7 @@ CPU_LOSS_ROWS = 32
 def download(url, path):
     """Fetch url into path with a progress bar, via a temporary name: a cut download never looks complete."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: DDP ranks may download at once
+    made = not path.parent.exists()
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
             total = int(response.headers.get("Content-Length", 0))
@@ -61,8 +63,11 @@ def download(url, path):
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as e:
         tmp.unlink(missing_ok=True)
+        if made:  # the folder made for the download goes too, unless another rank is downloading into it
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
         reason = getattr(e, "reason", None) or e
-        raise SystemExit(f"cannot download {url} ({reason}): check the network, or pass --data_dir a folder holding {path.name}")
+        raise SystemExit(f"cannot download {url} ({reason}): check the network, or copy {path.name} into {path.parent}/")
 
 
 def problem(example):

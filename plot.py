@@ -8,7 +8,6 @@ train_gpt2.py redraws <log_dir>/plot.png at every evaluation when matplotlib is 
 optional (pip install matplotlib): without it training only prints a notice once.
 """
 
-import sys
 from pathlib import Path
 
 GPT2_124M_VAL_LOSS = 3.2924  # OpenAI's GPT-2 124M on the FineWeb-Edu 10B val shard
@@ -75,10 +74,23 @@ def plot_run(log_dir):
     return out
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "log.txt").is_file():
-        raise SystemExit("usage: python plot.py LOG_DIR  (a folder holding the log.txt of a training run)")
-    path = plot_run(sys.argv[1])
+def main(argv=None):
+    from train_gpt2 import ArgumentParser  # one-line errors and exit status 2 for a bad flag, as every script here
+
+    parser = ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("log_dir", help="a folder holding the log.txt of a train_gpt2.py run; plot.png is written there")
+    args = parser.parse_args(argv)
+    log_file = Path(args.log_dir) / "log.txt"
+    if not log_file.is_file():
+        raise SystemExit(f"plot.py: {log_file} does not exist: name the --log_dir of a train_gpt2.py run")
+    try:
+        path = plot_run(args.log_dir)
+    except ValueError as e:  # a line that is not "<step> <kind> <value>"
+        raise SystemExit(f"plot.py: {log_file} is not a train_gpt2.py log ({e}): lines must read <step> <kind> <value>")
     if path is None:
         raise SystemExit("plot.py needs matplotlib: pip install matplotlib")
     print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

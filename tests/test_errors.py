@@ -29,8 +29,9 @@ BASE = {
     "sample": ["--device", "cpu", "--dtype", "float32", "--max_new_tokens", "5"],
     "hellaswag": ["--device", "cpu", "--dtype", "float32", "--data_dir", "{hella}", "--limit", "10"],
     "fineweb": ["--out", "{tmp}/out", "--num_proc", "1"],
+    "plot": [],
 }
-SCRIPT = {"train": "train_gpt2.py", "sample": "sample.py", "hellaswag": "hellaswag.py", "fineweb": "fineweb.py"}
+SCRIPT = {"train": "train_gpt2.py", "sample": "sample.py", "hellaswag": "hellaswag.py", "fineweb": "fineweb.py", "plot": "plot.py"}
 # offline, whatever the machine: downloads hit a closed port at once, Hugging Face looks only in an empty cache
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf", "NO_PROXY": "", "no_proxy": ""} | {
     k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
@@ -265,6 +266,11 @@ BAD_INPUTS = [
         both(file("docs.txt", b"hello"), npy("out/edufineweb_val_000000.npy", np.arange(10, dtype=np.uint16)))),
     row("damaged manifest in out", "fineweb", ["--input", "{tmp}/docs.txt"], 1, "manifest.json", both(file("docs.txt", b"hello"), file("out/manifest.json", b"{"))),
     row("out is a file", "fineweb", ["--input", "{tmp}/docs.txt", "--out", "{tmp}/docs.txt"], 1, "File exists", file("docs.txt", b"hello")),
+    # plot.py
+    row("no log dir given", "plot", [], 2, "log_dir"),
+    row("unknown flag", "plot", ["{tmp}", "--bogus"], 2, "--bogus"),
+    row("no log.txt in the log dir", "plot", ["{tmp}/nowhere"], 1, "log.txt does not exist"),
+    row("log.txt of another program", "plot", ["{tmp}/log"], 1, "not a train_gpt2.py log", file("log/log.txt", b"0 train 10.9\nepoch 1 done\n")),
 ]  # fmt: skip
 
 
