@@ -328,6 +328,8 @@ def resolve(args):
 
 def run(args):
     config = resolve(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file, not a folder: name a folder for the shards")
     manifest = load_manifest(args.out, config)
     shards = manifest["shards"]
     if manifest["complete"]:
@@ -346,7 +348,7 @@ def run(args):
     save_json(args.out / MANIFEST, manifest)
     total, dt = sum(s["tokens"] for s in manifest["shards"]), time.time() - t0
     print(f"fineweb.py: {ndocs:,} documents, {total:,} tokens, {len(manifest['shards'])} shards (1 val) in {args.out}/; "
-          f"this run tokenized {total - done:,} tokens in {dt:.1f}s ({(total - done) / dt:,.0f} tokens/s)")
+          f"this run wrote {total - done:,} tokens in {dt:.1f}s ({(total - done) / dt:,.0f} tokens/s)")
 
 
 def main(argv=None):

@@ -488,6 +488,8 @@ def parse_args(argv=None):
     for name in ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]:
         if getattr(cfg, name) < 0:
             parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.val_tokens < cfg.seq_len:
+        parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
     if cfg.run_name is not None and (not cfg.run_name.strip() or Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
@@ -721,6 +723,11 @@ def main(argv=None):
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
         start_step, val_loss = checkpoint["step"], checkpoint["val_loss"]
         log(f"resuming from {resume_path} at step {start_step}")
+        # legitimate (a longer --max_steps extends the run), but the schedule or the batches change with them
+        changed = [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in checkpoint.get("args", {}).items()
+                   if k not in ("resume", "log_dir") and hasattr(cfg, k) and getattr(cfg, k) != v]
+        if changed:
+            log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
     elif cfg.resume:
         log(f"no checkpoint in {log_dir} to resume from: starting a new run")
     if master:

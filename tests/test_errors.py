@@ -147,6 +147,7 @@ BAD_INPUTS = [
     # train_gpt2.py: flags
     row("unknown flag", "train", ["--bogus"], 2, "--bogus"),
     row("zero batch size", "train", ["--batch_size", "0"], 2, "--batch_size must be at least 1"),
+    row("val_tokens under one sequence", "train", ["--val_tokens", "10"], 2, "--val_tokens 10 is less than one sequence"),
     row("seq_len over block_size", "train", ["--seq_len", "4096"], 2, "block_size of 128"),
     row("unknown device name", "train", ["--device", "tpu"], 2, "--device"),
     row("heads do not divide width", "train", ["--n_head", "3"], 2, "not divisible by --n_head 3"),
@@ -265,7 +266,7 @@ BAD_INPUTS = [
     row("out holding shards of another program", "fineweb", ["--input", "{tmp}/docs.txt"], 1, "manifest",
         both(file("docs.txt", b"hello"), npy("out/edufineweb_val_000000.npy", np.arange(10, dtype=np.uint16)))),
     row("damaged manifest in out", "fineweb", ["--input", "{tmp}/docs.txt"], 1, "manifest.json", both(file("docs.txt", b"hello"), file("out/manifest.json", b"{"))),
-    row("out is a file", "fineweb", ["--input", "{tmp}/docs.txt", "--out", "{tmp}/docs.txt"], 1, "File exists", file("docs.txt", b"hello")),
+    row("out is a file", "fineweb", ["--input", "{tmp}/docs.txt", "--out", "{tmp}/docs.txt"], 1, "is a file, not a folder", file("docs.txt", b"hello")),
     # plot.py
     row("no log dir given", "plot", [], 2, "log_dir"),
     row("unknown flag", "plot", ["{tmp}", "--bogus"], 2, "--bogus"),

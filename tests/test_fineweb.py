@@ -194,7 +194,7 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
     assert finished == {name: (out / name).stat().st_mtime_ns for name in finished}
     total = sum(len(a) for a in shards(out))
     done = sum(s["tokens"] for s in manifest["shards"])
-    assert f"this run tokenized {total - done:,} tokens" in result.stdout  # finished shards' documents were skipped
+    assert f"this run wrote {total - done:,} tokens" in result.stdout  # finished shards' documents were skipped
 
 
 def test_ctrl_c_leaves_complete_shards_and_says_how_to_continue(tmp_path, big_corpus):
@@ -235,7 +235,7 @@ def test_restart_from_each_finished_shard_continues_exactly(tmp_path, corpus, so
         capsys.readouterr()
         fineweb.main(args + ["--out", str(out)])
         done = sum(s["tokens"] for s in manifest["shards"][:k])
-        assert f"tokenized {len(reference(docs)) - done:,} tokens" in capsys.readouterr().out
+        assert f"this run wrote {len(reference(docs)) - done:,} tokens" in capsys.readouterr().out
         assert folder_bytes(out) == whole, k
 
 

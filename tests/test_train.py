@@ -190,11 +190,21 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(shakespeare_shards, tmp
     proc = train(*args, "--log_dir", str(cut), "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "resuming from" in proc.stdout and "step 5 |" not in proc.stdout and "step 6 |" in proc.stdout
+    assert "flags changed" not in proc.stdout  # another log dir is no change
 
     assert (cut / "log.txt").read_text() == (full / "log.txt").read_text()
     a, b = (torch.load(d / "model_00016.pt", weights_only=True) for d in (full, cut))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["train_loader"] == b["train_loader"]
+
+
+def test_resume_with_other_flags_says_which(shakespeare_shards, tmp_path):
+    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--eval_interval", "0"]
+    assert train(*args, "--max_steps", "2").returncode == 0
+    proc = train(*args, "--max_steps", "3", "--resume")  # extending a run: the schedule follows the new max_steps
+    assert proc.returncode == 0, proc.stderr
+    assert "flags changed since that checkpoint, the run goes on with the new values: --max_steps 2 -> 3" in proc.stdout
+    assert "step 2 |" in proc.stdout and (tmp_path / "model_00003.pt").exists()
 
 
 def test_ddp_on_two_processes_equals_gradient_accumulation(shakespeare_shards, tmp_path):
