@@ -451,7 +451,7 @@ class TrainConfig:
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
-    dtype: str = flag("auto", "auto = bfloat16 autocast on GPUs and CPUs with native bf16, else float32", choices=["auto", "float32", "bfloat16"])
+    dtype: str = flag("auto", "auto = bfloat16 autocast on CUDA GPUs and CPUs with native bf16, else float32", choices=["auto", "float32", "bfloat16"])
     device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps", type=device_name)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
