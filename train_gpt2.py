@@ -724,7 +724,8 @@ def main(argv=None):
         start_step, val_loss = checkpoint["step"], checkpoint["val_loss"]
         log(f"resuming from {resume_path} at step {start_step}")
         # legitimate (a longer --max_steps extends the run), but the schedule or the batches change with them
-        changed = [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in checkpoint.get("args", {}).items()
+        saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
+        changed = [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items()
                    if k not in ("resume", "log_dir") and hasattr(cfg, k) and getattr(cfg, k) != v]
         if changed:
             log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
