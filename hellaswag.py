@@ -3,7 +3,7 @@ HellaSwag (Zellers et al. 2019) for GPT-2: download, render and score, completio
 
     python hellaswag.py -m gpt2                   # OpenAI's GPT-2 124M through transformers
     python hellaswag.py --checkpoint log          # our newest checkpoint in log/
-    python hellaswag.py -m gpt2 --data_dir ../shared/data/hellaswag --limit 1000 --device cpu
+    python hellaswag.py -m gpt2 --limit 1000 --device cpu           # a quick look at the first 1,000
 
 Each example is a context and 4 endings. The model reads the tokens of the context followed by
 those of " " + ending, one row per ending, and only the ending's tokens are scored: acc picks the
@@ -18,7 +18,6 @@ it likes, with the bare (uncompiled) model: forwards have the length of their lo
 compiling every length would cost more than it saves.
 """
 
-import argparse
 import contextlib
 import http.client
 import json
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
+
+from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, GPT, ArgumentParser, InputError, check_at_least, first_line, gpt2_tokenizer, make_autocast, pick_device
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 DATA_DIR = Path(__file__).resolve().parent / "hellaswag"  # download cache, beside this script
@@ -67,7 +68,7 @@ def download(url, path):
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
         reason = getattr(e, "reason", None) or e
-        raise SystemExit(f"cannot download {url} ({reason}): check the network, or copy {path.name} into {path.parent}/")
+        raise InputError(f"cannot download {url} ({reason}): check the network, or copy {path.name} into {path.parent}/")
 
 
 def problem(example):
@@ -95,14 +96,14 @@ def read_split(path, split):
                 try:
                     example = json.loads(line)
                 except ValueError:  # bad JSON, or bytes that are not UTF-8
-                    raise SystemExit(f"{path} line {lineno} is not valid JSON: the file is damaged or truncated; delete it to download it again")
+                    raise InputError(f"{path} line {lineno} is not valid JSON: the file is damaged or truncated; delete it to download it again")
                 if reason := problem(example):
-                    raise SystemExit(f"{path} line {lineno}: {reason}; this is not a HellaSwag file")
+                    raise InputError(f"{path} line {lineno}: {reason}; this is not a HellaSwag file")
                 examples.append(example)
     except OSError as e:
-        raise SystemExit(f"cannot read {path} ({e.strerror or e})")
+        raise InputError(f"cannot read {path} ({e.strerror or e})")
     if split in SPLIT_SIZES and len(examples) != SPLIT_SIZES[split]:
-        raise SystemExit(f"{path} holds {len(examples)} examples, the {split} split has {SPLIT_SIZES[split]}: the file is truncated; delete it to download it again")
+        raise InputError(f"{path} holds {len(examples)} examples, the {split} split has {SPLIT_SIZES[split]}: the file is truncated; delete it to download it again")
     return examples
 
 
@@ -116,8 +117,6 @@ def render(example, enc):
 def load_examples(data_dir=DATA_DIR, split="val", limit=None):
     """The first `limit` examples (all if None) of a split, rendered to GPT-2 tokens; downloads the split
     into data_dir unless it is already there."""
-    from train_gpt2 import gpt2_tokenizer
-
     path = Path(data_dir) / f"hellaswag_{split}.jsonl"
     if not path.exists():
         download(URL.format(split=split), path)
@@ -208,18 +207,14 @@ class HFModel(torch.nn.Module):
 def load_model(model_type, checkpoint, device):
     """(model in eval mode, its block_size) from a Hugging Face name or folder, or from our checkpoint."""
     if checkpoint:
-        from train_gpt2 import GPT
-
         model = GPT.from_checkpoint(checkpoint, device)
         return model.eval(), model.config.block_size
-    from transformers import GPT2LMHeadModel
-
-    from train_gpt2 import first_line
+    from transformers import GPT2LMHeadModel  # slow to import: only for a Hugging Face model
 
     try:
         hf = GPT2LMHeadModel.from_pretrained(model_type)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
+        raise InputError(f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
     return HFModel(hf).to(device).eval(), hf.config.n_positions
 
 
@@ -228,9 +223,7 @@ def load_model(model_type, checkpoint, device):
 
 
 def parse_args(argv=None):
-    from train_gpt2 import ArgumentParser, device_name
-
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model_type", help="Hugging Face GPT-2: a hub name (gpt2 ... gpt2-xl) or a save_pretrained folder")
     source.add_argument("--checkpoint", help="a train_gpt2.py checkpoint file, or a log dir (its newest checkpoint)")
@@ -238,28 +231,29 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="val", choices=["val", "train"], help="which split (the test split has no public labels)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples; None scores all")
     parser.add_argument("--batch_size", type=int, default=16, help="examples per forward pass, 4 rows each")
-    parser.add_argument("--device", default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto = bfloat16 autocast where the device supports it, else float32")
+    parser.add_argument("--device", **DEVICE_FLAG)
+    parser.add_argument("--dtype", **DTYPE_FLAG)
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be at least 1, got {args.limit}")
+    check_at_least(parser, args, 1, ["batch_size", "limit"])
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from train_gpt2 import pick_device, use_bf16
-
-    device = pick_device(args.device, 0)
-    bf16 = use_bf16(args.dtype, device)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+def score(args):
+    device = pick_device(args.device)
+    autocast, bf16 = make_autocast(args.dtype, device)
     examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
     model, block_size = load_model(args.model_type, args.checkpoint, device)
     print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {'bfloat16 autocast' if bf16 else 'float32'}")
     n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
     print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        score(args)
+    except InputError as e:
+        raise SystemExit(str(e))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ optional (pip install matplotlib): without it training only prints a notice once
 
 from pathlib import Path
 
+from train_gpt2 import ArgumentParser, InputError
+
 GPT2_124M_VAL_LOSS = 3.2924  # OpenAI's GPT-2 124M on the FineWeb-Edu 10B val shard
 GPT2_124M_HELLASWAG = 0.2955  # acc_norm, completion-style scoring (hellaswag.py)
 GPT3_124M_HELLASWAG = 0.337  # GPT-3 paper, table H.1 (GPT-3 Small)
@@ -17,17 +19,25 @@ GPT3_124M_HELLASWAG = 0.337  # GPT-3 paper, table H.1 (GPT-3 Small)
 
 def read_log(log_file):
     """log.txt as {kind: ([steps], [values])}, kinds train, val, hella."""
+    if not Path(log_file).is_file():
+        raise InputError(f"plot.py: {log_file} does not exist: name the --log_dir of a train_gpt2.py run")
     series = {}
     for line in Path(log_file).read_text().splitlines():
-        step, kind, value = line.split()[:3]
+        try:
+            step, kind, value = line.split()[:3]
+            step, value = int(step), float(value)
+        except ValueError as e:
+            raise InputError(f"plot.py: {log_file} is not a train_gpt2.py log ({e}): lines must read <step> <kind> <value>")
         steps, values = series.setdefault(kind, ([], []))
-        steps.append(int(step))
-        values.append(float(value))
+        steps.append(step)
+        values.append(value)
     return series
 
 
 def plot_run(log_dir):
     """Draw <log_dir>/log.txt into <log_dir>/plot.png and return its path; None without matplotlib."""
+    log_dir = Path(log_dir)
+    series = read_log(log_dir / "log.txt")
     try:
         import matplotlib
 
@@ -35,8 +45,6 @@ def plot_run(log_dir):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    log_dir = Path(log_dir)
-    series = read_log(log_dir / "log.txt")
     panels = 2 if "hella" in series else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
 
@@ -75,18 +83,13 @@ def plot_run(log_dir):
 
 
 def main(argv=None):
-    from train_gpt2 import ArgumentParser  # one-line errors and exit status 2 for a bad flag, as every script here
-
     parser = ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("log_dir", help="a folder holding the log.txt of a train_gpt2.py run; plot.png is written there")
     args = parser.parse_args(argv)
-    log_file = Path(args.log_dir) / "log.txt"
-    if not log_file.is_file():
-        raise SystemExit(f"plot.py: {log_file} does not exist: name the --log_dir of a train_gpt2.py run")
     try:
         path = plot_run(args.log_dir)
-    except ValueError as e:  # a line that is not "<step> <kind> <value>"
-        raise SystemExit(f"plot.py: {log_file} is not a train_gpt2.py log ({e}): lines must read <step> <kind> <value>")
+    except InputError as e:
+        raise SystemExit(str(e))
     if path is None:
         raise SystemExit("plot.py needs matplotlib: pip install matplotlib")
     print(f"wrote {path}")

@@ -6,14 +6,14 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
     torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
     python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
 
-Importing this file defines things and nothing else; training runs only under __main__.
+Importing this file defines things and nothing else (sample.py, hellaswag.py, export_hf.py and bench.py
+import the model and the command-line helpers from here); training runs only under __main__.
 The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
 """
 
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import re
@@ -30,10 +30,20 @@ from torch.nn import functional as F
 EOT_TOKEN = 50256           # <|endoftext|> of the GPT-2 BPE: starts every document
 GPT2_VOCAB_SIZE = 50257     # real tokens; ids at or above this are embedding padding, never data
 PADDED_VOCAB_SIZE = 50304   # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the Hugging Face hub
+# the weights OpenAI's TensorFlow code kept as Conv1D, (in, out): Hugging Face still does, nn.Linear wants (out, in)
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+class InputError(Exception):
+    """Something the user can fix (a flag, a file, the data, a diverging learning rate). The message says
+    what is wrong and what to do. Library code raises it, so a notebook survives it; each script's main()
+    turns it into one line on stderr and exit status 1."""
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 # -----------------------------------------------------------------------------
 # the model
-
 
 @dataclass
 class GPTConfig:
@@ -54,28 +64,6 @@ MODEL_PRESETS = {
     "micro": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3.3M: smoke tests
 }
 
-
-class KVCache:
-    """One layer's keys and values for the positions seen so far, so generation feeds one token per step."""
-
-    def __init__(self, block_size):
-        self.block_size = block_size
-        self.k = self.v = None  # allocated on first use, in the dtype autocast gives the keys
-        self.length = 0
-
-    def update(self, k, v):
-        B, nh, T, hs = k.shape
-        # causal masking below assumes new queries come either alone or into an empty cache
-        assert T == 1 or self.length == 0, "append one token at a time to a filled cache"
-        if self.k is None:
-            self.k = k.new_empty(B, nh, self.block_size, hs)
-            self.v = v.new_empty(B, nh, self.block_size, hs)
-        self.k[:, :, self.length : self.length + T] = k
-        self.v[:, :, self.length : self.length + T] = v
-        self.length += T
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -93,11 +81,14 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        # a single new query sees every cached key; a block of queries needs the causal mask
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # flash attention where available
+        # a single new query sees every cached key; a block of queries needs the causal mask. A branch, not
+        # is_causal=T > 1: compiled with dynamic shapes (sample.py --compile) T is symbolic, is_causal a plain bool
+        if T > 1:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash attention where available
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
-
 
 class MLP(nn.Module):
     def __init__(self, config):
@@ -109,7 +100,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.c_proj(self.gelu(self.c_fc(x)))
-
 
 class Block(nn.Module):
     def __init__(self, config):
@@ -123,7 +113,6 @@ class Block(nn.Module):
         # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual stream
         x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
-
 
 class GPT(nn.Module):
     def __init__(self, config):
@@ -188,46 +177,25 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path):
         """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder."""
-        if not Path(name_or_path).is_dir() and name_or_path not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-            raise SystemExit(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+        if not Path(name_or_path).is_dir() and name_or_path not in GPT2_NAMES:
+            raise InputError(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
         from transformers import GPT2LMHeadModel  # slow to import: only once the name is known to be good
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
-            raise SystemExit(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); check the network or pass a local folder")
+            raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); check the network or pass a local folder")
         hc = hf.config
         if hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
-            raise SystemExit(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
+            raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
         config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd)
         model = cls(config)
         sd = model.state_dict()
         sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         assert set(sd_hf) == set(sd), f"unexpected keys: {set(sd_hf) ^ set(sd)}"
-        # HF keeps OpenAI's TensorFlow Conv1D layout, (in, out); nn.Linear wants (out, in)
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for k, v in sd_hf.items():
-                sd[k].copy_(v.t() if k.endswith(transposed) else v)
+                sd[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
         return model
-
-    def export_hf(self, out_dir):
-        """Write a folder that transformers' GPT2LMHeadModel and AutoTokenizer load: the inverse of
-        from_pretrained, without the padded vocabulary rows, plus the GPT-2 tokenizer files."""
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        cfg = self.config
-        n_vocab = min(cfg.vocab_size, GPT2_VOCAB_SIZE)
-        # no dropout: this model was trained without it, and fine-tuning should start from the same function
-        hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                               n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        hf = GPT2LMHeadModel(hf_config)
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        state = {k: (v.t() if k.endswith(transposed) else v).detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
-        missing, unexpected = hf.load_state_dict(state, strict=False)
-        assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
-        hf.save_pretrained(out_dir)
-        write_gpt2_tokenizer_files(out_dir)
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -236,18 +204,18 @@ class GPT(nn.Module):
         if path.is_dir():
             found = checkpoint_paths(path)
             if not found:
-                raise SystemExit(f"no checkpoint (model_*.pt) in {path}: train one first, or name a checkpoint file")
+                raise InputError(f"no checkpoint (model_*.pt) in {path}: train one first, or name a checkpoint file")
             path = found[-1]
         elif not path.is_file():
-            raise SystemExit(f"checkpoint {path} does not exist")
+            raise InputError(f"checkpoint {path} does not exist")
         checkpoint = load_checkpoint(path, device)
         if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-            raise SystemExit(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
+            raise InputError(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
         try:  # a config GPTConfig does not know, or weights of other names or shapes: written by something else
             model = cls(GPTConfig(**checkpoint["config"])).to(device)
             model.load_state_dict(checkpoint["model"])
         except (TypeError, ValueError, RuntimeError) as e:
-            raise SystemExit(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({first_line(e)})")
+            raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({first_line(e)})")
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, device_type):
@@ -260,36 +228,6 @@ class GPT(nn.Module):
         fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_kv_cache=True, stream=None):
-        """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding.
-        stream, if given, is called with each step's new tokens (B, 1) as soon as they are sampled.
-        use_kv_cache=False recomputes the whole context for every token (for benchmarks)."""
-        block_size = self.config.block_size
-        kv_cache = None
-        for _ in range(max_new_tokens):
-            if kv_cache is not None and kv_cache[0].length < block_size:
-                hidden = self.hidden_states(idx[:, -1:], kv_cache=kv_cache)
-            else:
-                # (re)fill the cache from the last block_size tokens: once the window slides, every
-                # token's absolute position changes, so its cached keys are stale
-                kv_cache = [KVCache(block_size) for _ in self.transformer.h] if use_kv_cache else None
-                hidden = self.hidden_states(idx[:, -block_size:], kv_cache=kv_cache)
-            # the LM head at the last position only: the others' logits would be thrown away
-            logits = self.lm_head(hidden[:, -1, :])[:, :GPT2_VOCAB_SIZE].float() / temperature  # padded ids are never sampled
-            candidates = None
-            if top_k is not None:  # sample among the k most likely alone: softmax and sampling over k, not 50257
-                logits, candidates = torch.topk(logits, min(top_k, logits.size(-1)))
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-            if candidates is not None:
-                idx_next = candidates.gather(-1, idx_next)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if stream is not None:
-                stream(idx_next)
-        return idx
-
-
 def gpt2_tokenizer():
     """tiktoken's GPT-2 BPE. Its files download once into tiktoken's cache; offline, TIKTOKEN_CACHE_DIR
     must point at a folder that holds them."""
@@ -298,58 +236,25 @@ def gpt2_tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # requests' connection errors and friends: no network and no cached files
-        raise SystemExit(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
-
-
-def write_gpt2_tokenizer_files(out_dir):
-    """GPT-2's vocab.json and merges.txt, rebuilt from tiktoken's ranks, so Hugging Face tokenizers load
-    the same BPE offline."""
-    enc = gpt2_tokenizer()
-    ranks = enc._mergeable_ranks  # token bytes -> id; tiktoken's gpt2 ids are OpenAI's encoder.json ids
-    # GPT-2 spells bytes as printable characters: printable ones stand for themselves, the rest shift past 255
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = iter(range(256, 512))
-    byte_char = {b: chr(b) if b in printable else chr(next(shifted)) for b in range(256)}
-
-    def spell(token):
-        return "".join(byte_char[b] for b in token)
-
-    def split_in_two(token, rank):
-        # replay BPE on the token's bytes with the merges learned before it: it ends in the pair merged at `rank`
-        parts = [bytes([b]) for b in token]
-        while len(parts) > 2:
-            pairs = [(ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-            _, i = min(pairs)
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-        return parts
-
-    by_rank = sorted(ranks.items(), key=lambda item: item[1])
-    merges = [" ".join(spell(p) for p in split_in_two(token, rank)) for token, rank in by_rank if rank >= 256]
-    vocab = {spell(token): rank for token, rank in by_rank} | {"<|endoftext|>": enc.eot_token}
-    out_dir = Path(out_dir)
-    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-
+        raise InputError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
 
 # -----------------------------------------------------------------------------
 # data: uint16 token shards written by fineweb.py
-
 
 def load_shard(path):
     """Memory-map one shard, refusing anything but a 1-D uint16 array of GPT-2 token ids."""
     try:
         tokens = np.load(path, mmap_mode="r")
     except OSError as e:
-        raise SystemExit(f"shard {path} cannot be read ({e})")
+        raise InputError(f"shard {path} cannot be read ({e})")
     except (ValueError, EOFError):
-        raise SystemExit(f"shard {path} is not a .npy array (truncated, or another format); rewrite it with fineweb.py")
+        raise InputError(f"shard {path} is not a .npy array (truncated, or another format); rewrite it with fineweb.py")
     if tokens.ndim != 1 or tokens.dtype != np.uint16:
-        raise SystemExit(f"shard {path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 tokens; rewrite it with fineweb.py")
+        raise InputError(f"shard {path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 tokens; rewrite it with fineweb.py")
     # checked up front (a second or so per GB) so a bad shard stops the run before it writes anything
     if len(tokens) and int(tokens.max()) >= GPT2_VOCAB_SIZE:
-        raise SystemExit(f"shard {path} holds token id {int(tokens.max())}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by fineweb.py")
+        raise InputError(f"shard {path} holds token id {int(tokens.max())}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by fineweb.py")
     return tokens
-
 
 class DataLoaderLite:
     """
@@ -364,11 +269,11 @@ class DataLoaderLite:
         self.shuffle, self.seed = shuffle, seed
         paths = sorted(Path(data_dir).glob(f"*_{split}_*.npy"))
         if not paths:
-            raise SystemExit(f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its output")
+            raise InputError(f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its output")
         self.shards = [load_shard(p) for p in paths]
         self.total_tokens = sum(len(s) for s in self.shards)
         if self.total_tokens < 2:
-            raise SystemExit(f"the {split} shards in {data_dir} hold {self.total_tokens} tokens: too few to train on")
+            raise InputError(f"the {split} shards in {data_dir} hold {self.total_tokens} tokens: too few to train on")
         self.position = 0  # tokens of the stream consumed by all ranks together
 
     def _order(self, epoch):
@@ -406,13 +311,11 @@ class DataLoaderLite:
 
     def load_state_dict(self, state):
         if state["total_tokens"] != self.total_tokens:
-            raise SystemExit(f"the checkpoint read a split of {state['total_tokens']} tokens, --data_dir now holds {self.total_tokens}: resume with the data it was trained on")
+            raise InputError(f"the checkpoint read a split of {state['total_tokens']} tokens, --data_dir now holds {self.total_tokens}: resume with the data it was trained on")
         self.position = state["position"]
 
-
 # -----------------------------------------------------------------------------
-# training configuration: its fields are the command-line flags
-
+# the command line, and the device and precision it asks for (every script's --device and --dtype)
 
 def device_name(value):
     """argparse type of every script's --device flag."""
@@ -420,10 +323,86 @@ def device_name(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return value
 
+DEVICE_FLAG = dict(default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
+DTYPE_FLAG = dict(default="auto", choices=["auto", "float32", "bfloat16"],
+                  help="auto = bfloat16 autocast on CUDA GPUs and CPUs with native bf16, else float32 (Apple MPS too)")
+
+def pick_device(name, local_rank=0):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else local_rank
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices; use --device auto or cpu")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps: MPS is not available here; use --device auto or cpu")
+    return device
+
+def make_autocast(dtype, device):
+    """(autocast context, bf16) for --dtype on device: bfloat16 where asked or, with auto, where the hardware
+    has it natively (CUDA GPUs; CPUs with AVX-512 bf16 or AMX); else a disabled context, float32."""
+    if dtype != "auto":
+        bf16 = dtype == "bfloat16"
+    elif device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls left outside autocast
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16), bf16
+
+
+# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
+GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the usage examples as written and shows each flag's default, unless its help explains it."""
+
+    def _get_help_string(self, action):
+        if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in action.help:
+            return action.help
+        return action.help + " (default: %(default)s)"
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 def flag(default, help, **kwargs):
     return field(default=default, metadata=dict(help=help, **kwargs))
 
+def add_flags(parser, config_class, names=None):
+    """A --flag for each field of a config dataclass (or each of `names`), typed by its annotation; booleans
+    take --flag / --no-flag."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        if names is None or f.name in names:
+            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
+            kwargs = dict(f.metadata)
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs.setdefault("type", kind)
+            parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
+
+# -----------------------------------------------------------------------------
+# training configuration: its fields are the command-line flags
 
 @dataclass
 class TrainConfig:
@@ -451,43 +430,19 @@ class TrainConfig:
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
-    dtype: str = flag("auto", "auto = bfloat16 autocast on CUDA GPUs and CPUs with native bf16, else float32", choices=["auto", "float32", "bfloat16"])
-    device: str = flag("auto", "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps", type=device_name)
+    dtype: str = flag(**DTYPE_FLAG)
+    device: str = flag(**DEVICE_FLAG)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
     wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without a network)")
     wandb_project: str = flag("gpt2-kit", "the wandb project to log to")
 
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
-        kwargs = dict(f.metadata)
-        if f.default is not None:  # a None default is explained in the help itself
-            kwargs["help"] += f" (default: {f.default})"
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.setdefault("type", kind)
-        parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
+    add_flags(parser, TrainConfig)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    positive = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens"]
-    for name in positive + ["n_layer", "n_head", "n_embd", "hellaswag_limit"]:
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1, got {value}")
-    for name in ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]:
-        if getattr(cfg, name) < 0:
-            parser.error(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    check_at_least(parser, cfg, 1, ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "n_layer", "n_head", "n_embd", "hellaswag_limit"])
+    check_at_least(parser, cfg, 0, ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"])
     if cfg.val_tokens < cfg.seq_len:
         parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
@@ -496,18 +451,23 @@ def parse_args(argv=None):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
     if cfg.log_dir is None:
         cfg.log_dir = str(Path("log", cfg.run_name or ""))
-    model_config = make_model_config(cfg)
-    if model_config.n_embd % model_config.n_head:
-        parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
-    if cfg.seq_len > model_config.block_size:
-        parser.error(f"--seq_len {cfg.seq_len} exceeds the {cfg.model} block_size of {model_config.block_size}")
+    check_model_config(parser, make_model_config(cfg), cfg)
     return cfg
 
+def check_at_least(parser, args, minimum, names):
+    for name in names:
+        if (value := getattr(args, name)) is not None and value < minimum:
+            parser.error(f"--{name} must be {'at least 1' if minimum else '0 or more'}, got {value}")
+
+def check_model_config(parser, model_config, args):
+    if model_config.n_embd % model_config.n_head:
+        parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
+    if args.seq_len > model_config.block_size:
+        parser.error(f"--seq_len {args.seq_len} exceeds the {args.model} block_size of {model_config.block_size}")
 
 def make_model_config(cfg):
     overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
     return GPTConfig(**{**MODEL_PRESETS[cfg.model], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
-
 
 def get_lr(step, cfg):
     """Linear warmup, then cosine decay to 10% of max_lr at max_steps (GPT-3 paper, appendix B)."""
@@ -519,53 +479,13 @@ def get_lr(step, cfg):
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.max_lr - min_lr)
 
-
-# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
-GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
-
-
-def peak_flops(device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
-
-
-def pick_device(name, local_rank):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else local_rank
-        if index >= torch.cuda.device_count():
-            raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices; use --device auto or cpu")
-        return torch.device("cuda", index)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("--device mps: MPS is not available here; use --device auto or cpu")
-    return device
-
-
-def use_bf16(dtype, device):
-    if dtype != "auto":
-        return dtype == "bfloat16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 # -----------------------------------------------------------------------------
 # checkpoints: <log_dir>/model_<step:05d>.pt holds the state after `step` optimizer steps
-
 
 def checkpoint_paths(log_dir):
     """Complete checkpoints in log_dir, oldest first (temporary files never match)."""
     found = [(int(m.group(1)), p) for p in Path(log_dir).glob("model_*.pt") if (m := re.fullmatch(r"model_(\d+)\.pt", p.name))]
     return [p for _, p in sorted(found)]
-
 
 def save_checkpoint(path, state):
     # write beside the final name, then rename: a crash mid-write never leaves a half file under it
@@ -576,31 +496,114 @@ def save_checkpoint(path, state):
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
-
 def load_checkpoint(path, device="cpu"):
     """A checkpoint dict (plain containers and tensors only, so weights_only loading is safe)."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
-        raise SystemExit(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
+        raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
+def training_state(step, val_loss, model, optimizer, train_loader, device, cfg, wandb_run_id):
+    """What a checkpoint holds: everything that continues the run exactly, restore_training_state's inverse.
+    `args` and `wandb_run_id` are notes: a resume names the flags that changed and goes on in the same wandb run."""
+    return {"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
+            "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run_id}
 
 RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
 
+def restore_training_state(path, checkpoint, model, optimizer, train_loader, device, local_rank):
+    """Put a checkpoint's state back into a freshly built model, optimizer and loader; returns (step, val_loss)."""
+    if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
+        raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
+    if checkpoint["config"] != dataclasses.asdict(model.config):
+        raise InputError(f"{path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model.config)}")
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise InputError(f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
+    train_loader.load_state_dict(checkpoint["train_loader"])
+    torch.set_rng_state(checkpoint["rng"]["cpu"])
+    if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
+    return checkpoint["step"], checkpoint["val_loss"]
 
-def load_newest_checkpoint(log_dir, log):
-    """The newest checkpoint in log_dir that loads, skipping damaged ones; None if there is none."""
-    for path in reversed(checkpoint_paths(log_dir)):
+def checkpoint_to_resume(log_dir, resume, log):
+    """(path, checkpoint) that the run continues from, or (None, None) for a new run. With --resume, the newest
+    checkpoint that loads (damaged ones are named and skipped); without it, a log dir with checkpoints is refused."""
+    if log_dir.exists() and not log_dir.is_dir():
+        raise InputError(f"--log_dir {log_dir} is a file, not a folder: choose a new --log_dir")
+    found = checkpoint_paths(log_dir)
+    if found and not resume:
+        raise InputError(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
+    for path in reversed(found):
         try:
             return path, load_checkpoint(path)
-        except SystemExit as e:
+        except InputError as e:
             log(f"{e}; trying an older one")
+    if found:
+        raise InputError(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
+    if resume:
+        log(f"no checkpoint in {log_dir} to resume from: starting a new run")
     return None, None
 
+class RunLog:
+    """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
+    `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), and with
+    --wandb the same values plus each step's metrics."""
+
+    def __init__(self, log_dir, resumed_step, wandb=None, cfg=None, wandb_id=None):
+        self.path = self.wandb_run = None
+        if log_dir is None:
+            return
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # no permission, or under a read-only path such as /proc
+            raise InputError(f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to")
+        self.path = log_dir / "log.txt"
+        if resumed_step is None:
+            self.path.write_text("")
+        elif self.path.exists():  # back to what it held at the checkpoint: its own val line stays, what came after goes
+            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True)
+                     if line.endswith("\n")]  # a line without its newline was cut off by the interruption
+            kept = [line for step, kind, *_, line in lines if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")]
+            tmp = self.path.with_name("log.txt.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+        if wandb is not None:  # a resumed run goes on in the same wandb run, which drops the steps it already has
+            self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir, config=dataclasses.asdict(cfg))
+
+    def event(self, step, kind, value):
+        if self.path is None:
+            return
+        line = f"{step} {kind} {value:.6f}" if kind == "train" else f"{step} {kind} {value:.4f}"
+        if kind != "train":
+            print(line)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        self.metrics(step, **{kind: value})
+
+    def metrics(self, step, **values):
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+
+# -----------------------------------------------------------------------------
+# the training script: setup in named steps, then the loop
+
+def setup_distributed(device_name):
+    """(rank, local_rank, world_size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE: then each process
+    joins the group (NCCL on GPUs, gloo on CPUs) on its own device; without them this is one process."""
+    ddp = "RANK" in os.environ
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if ddp:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return rank, local_rank, world_size, device
 
 def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
     """Mean loss over the first n_seqs sequences of the val stream; each rank scores a contiguous share."""
@@ -617,191 +620,106 @@ def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, au
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / (n_seqs * T)
 
+def import_wandb():
+    try:
+        import wandb  # only with --wandb: it is optional and slow to import
 
-def rewrite_log(path, keep):
-    """Keep the log lines for which keep(step, kind) holds: a resumed run drops what came after its checkpoint."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    # a line without its newline was cut off by the interruption
-    lines = [line for line in lines if line.endswith("\n") and keep(int(line.split()[0]), line.split()[1])]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+        return wandb
+    except ImportError:
+        raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
 
+def flags_changed(saved_args, cfg):
+    """The training flags that differ from a checkpoint's: legitimate (a longer --max_steps extends a run),
+    but the schedule or the batches change with them, so a resume names them."""
+    saved_args = saved_args if isinstance(saved_args, dict) else {}  # another program's checkpoint: none
+    return [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items()
+            if k not in ("resume", "log_dir") and hasattr(cfg, k) and getattr(cfg, k) != v]
 
-# -----------------------------------------------------------------------------
-# the training script
-
-
-def main(argv=None):
-    cfg = parse_args(argv)
-
-    # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process
-    ddp = "RANK" in os.environ
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
-    master = rank == 0
+def train(cfg):
+    rank, local_rank, world_size, device = setup_distributed(cfg.device)
+    ddp, master = torch.distributed.is_initialized(), rank == 0
     log = print if master else (lambda *args, **kwargs: None)
-    device = pick_device(cfg.device, local_rank)
 
     B, T = cfg.batch_size, cfg.seq_len
-    tokens_per_micro_step = B * T * world_size
-    if cfg.total_batch_size % tokens_per_micro_step:
-        raise SystemExit(
-            f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
-            f"{B} x {T} x {world_size} = {tokens_per_micro_step}; change one of them"
-        )
-    grad_accum_steps = cfg.total_batch_size // tokens_per_micro_step
-
+    if cfg.total_batch_size % (B * T * world_size):
+        raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
+                         f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
+    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
     train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
     val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
     val_seqs = min(cfg.val_tokens, val_loader.total_tokens - 1) // T
     if val_seqs == 0:
-        raise SystemExit(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+        raise InputError(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
 
+    # everything that can refuse the run does so before anything is written
     log_dir = Path(cfg.log_dir)
-    if log_dir.exists() and not log_dir.is_dir():
-        raise SystemExit(f"--log_dir {log_dir} is a file, not a folder: choose a new --log_dir")
-    resume_path, checkpoint = load_newest_checkpoint(log_dir, log) if cfg.resume else (None, None)
-    if not cfg.resume and checkpoint_paths(log_dir):
-        raise SystemExit(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
-    if cfg.resume and checkpoint is None and checkpoint_paths(log_dir):
-        raise SystemExit(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
-    model_config = make_model_config(cfg)
-    if checkpoint is not None and (missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set())):
-        raise SystemExit(f"{resume_path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
-    if checkpoint is not None and checkpoint["config"] != dataclasses.asdict(model_config):
-        raise SystemExit(f"{resume_path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
-
-    if cfg.wandb:
-        try:
-            import wandb  # only with --wandb: it is optional and slow to import
-        except ImportError:
-            raise SystemExit("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
-    enc = gpt2_tokenizer() if cfg.sample_interval and master else None
-    hella_examples = None
+    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, log)
+    wandb = import_wandb() if cfg.wandb else None
+    enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
+    if enc:
+        from sample import generate  # a sibling: imported where it is used, so that imports run one way
     if cfg.hellaswag_interval:
-        import hellaswag  # only here: `import train_gpt2` stays light
+        import hellaswag
 
         hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
     try:
         import matplotlib  # noqa: F401  (optional: plot.py draws plot.png at every evaluation)
-
-        plotting = master
+        from plot import plot_run
     except ImportError:
-        plotting = False
+        plot_run = None
         log("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
-    if ddp:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls left outside autocast
-    bf16 = use_bf16(cfg.dtype, device)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast, bf16 = make_autocast(cfg.dtype, device)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
-
     torch.manual_seed(cfg.seed)
-    raw_model = GPT(model_config).to(device)
+    raw_model = GPT(make_model_config(cfg)).to(device)
     model = torch.compile(raw_model) if compile_model else raw_model
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
-
     start_step, val_loss = 0, None
-    log_file = log_dir / "log.txt"
     if checkpoint is not None:
-        try:
-            raw_model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise SystemExit(f"{resume_path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
-        train_loader.load_state_dict(checkpoint["train_loader"])
-        torch.set_rng_state(checkpoint["rng"]["cpu"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
-        start_step, val_loss = checkpoint["step"], checkpoint["val_loss"]
+        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, train_loader, device, local_rank)
         log(f"resuming from {resume_path} at step {start_step}")
-        # legitimate (a longer --max_steps extends the run), but the schedule or the batches change with them
-        saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
-        changed = [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items()
-                   if k not in ("resume", "log_dir") and hasattr(cfg, k) and getattr(cfg, k) != v]
-        if changed:
+        if changed := flags_changed(checkpoint.get("args"), cfg):
             log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
-    elif cfg.resume:
-        log(f"no checkpoint in {log_dir} to resume from: starting a new run")
-    if master:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:
-            log_file.write_text("")
-        else:  # the checkpoint's own val line stays; anything logged after it is redone
-            rewrite_log(log_file, lambda step, kind: step < start_step or (step == start_step and kind != "train"))
+    wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
+    run_log = RunLog(log_dir if master else None, start_step if checkpoint is not None else None, wandb, cfg, wandb_id)
 
-    log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {model_config}")
+    log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {raw_model.config}")
     log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
     log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
     log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
     if cfg.val_tokens > val_loader.total_tokens - 1:
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
-    flops_per_step = raw_model.flops_per_token(T) * cfg.total_batch_size
-    peak = peak_flops(device)
-    wandb_run = None
-    if cfg.wandb and master:
-        # a resumed run goes on in the same wandb run; wandb drops the steps it already has
-        run_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
-        wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=run_id, resume="allow", dir=log_dir, config=dataclasses.asdict(cfg))
-
-    def log_event(step, kind, value):
-        """An evaluation: printed, appended to log.txt as `<step> <kind> <value>`, and sent to wandb."""
-        line = f"{step} {kind} {value:.4f}"
-        log(line)
-        if master:
-            with open(log_file, "a") as f:
-                f.write(line + "\n")
-        if wandb_run is not None:
-            wandb_run.log({kind: value}, step=step)
+    flops_per_step, peak = raw_model.flops_per_token(T) * cfg.total_batch_size, peak_flops(device)
 
     for step in range(start_step, cfg.max_steps + 1):
         last_step = step == cfg.max_steps
         resumed_here = checkpoint is not None and step == start_step  # evaluated and saved before the interruption
-        due = lambda interval: not resumed_here and ((interval and step % interval == 0) or last_step)
+
+        def due(interval):  # the one rule for periodic work: every `interval` steps (0: never) and after the last
+            return not resumed_here and (last_step or (interval > 0 and step % interval == 0))
 
         if due(cfg.eval_interval):
             val_loss = evaluate(model, val_loader, val_seqs, B, rank, world_size, device, autocast)
-            log_event(step, "val", val_loss)
-        if hella_examples and due(cfg.hellaswag_interval):
+            run_log.event(step, "val", val_loss)
+        if cfg.hellaswag_interval and due(cfg.hellaswag_interval):
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
             n, _, n_correct_norm = hellaswag.evaluate(raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
-            log_event(step, "hella", n_correct_norm / n)
-        if plotting and (due(cfg.eval_interval) or (hella_examples and due(cfg.hellaswag_interval))):
-            from plot import plot_run
-
+            run_log.event(step, "hella", n_correct_norm / n)
+        if master and plot_run and (due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval))):
             plot_run(log_dir)
-
-        if master and step > start_step and ((cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or last_step):
-            save_checkpoint(
-                log_dir / f"model_{step:05d}.pt",
-                {
-                    "model": raw_model.state_dict(),
-                    "config": dataclasses.asdict(model_config),
-                    "step": step,
-                    "val_loss": val_loss,
-                    "optimizer": optimizer.state_dict(),
-                    "train_loader": train_loader.state_dict(),
-                    "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                    "args": dataclasses.asdict(cfg),
-                    "wandb_run_id": wandb_run.id if wandb_run is not None else None,
-                },
-            )
+        if master and step > 0 and due(cfg.checkpoint_interval):
+            wandb_id = run_log.wandb_run.id if run_log.wandb_run is not None else None
+            save_checkpoint(log_dir / f"model_{step:05d}.pt", training_state(step, val_loss, raw_model, optimizer, train_loader, device, cfg, wandb_id))
         if last_step:
             break
-
-        if master and cfg.sample_interval and step > 0 and step % cfg.sample_interval == 0 and not resumed_here:
+        if enc and step > 0 and due(cfg.sample_interval):
+            # their own generator leaves the training RNG, and so a resume, as it was
             prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
-            generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the training RNG alone
             with autocast:
-                rows = raw_model.generate(prompt, max_new_tokens=32, top_k=50, generator=generator)
+                rows = generate(raw_model, prompt, 32, top_k=50, generator=torch.Generator(device=device).manual_seed(cfg.seed + step))
             for i, row in enumerate(rows.tolist()):
                 log(f"sample {i}: {enc.decode(row)!r}")
 
@@ -833,23 +751,29 @@ def main(argv=None):
         dt = time.perf_counter() - t0
         loss_value = loss_accum.item()
         if not math.isfinite(loss_value):
-            raise SystemExit(f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in {log_dir} are untouched")
+            raise InputError(f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in {log_dir} are untouched")
 
         tokens_per_sec, norm_value = cfg.total_batch_size / dt, norm.item()
         mfu = flops_per_step / dt / world_size / peak if peak else None
         log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}")
-        if master:
-            with open(log_file, "a") as f:
-                f.write(f"{step} train {loss_value:.6f}\n")
-        if wandb_run is not None:
-            metrics = {"train": loss_value, "lr": lr, "norm": norm_value, "tok_per_sec": tokens_per_sec}
-            wandb_run.log({**metrics, **({"mfu": mfu} if mfu else {})}, step=step)
+        run_log.event(step, "train", loss_value)
+        run_log.metrics(step, lr=lr, norm=norm_value, tok_per_sec=tokens_per_sec, **({"mfu": mfu} if mfu else {}))
 
-    if wandb_run is not None:
-        wandb_run.finish()
+    if run_log.wandb_run is not None:
+        run_log.wandb_run.finish()
     if ddp:
         torch.distributed.destroy_process_group()
 
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except InputError as e:
+        raise SystemExit(str(e))
 
 if __name__ == "__main__":
+    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, plot) import
+    # train_gpt2, and must raise the InputError that main catches, not a second copy of it
+    from train_gpt2 import main
+
     main()

@@ -1,12 +1,8 @@
 """bench.py end to end at the tiniest settings: every benchmark runs and the last line holds every figure.
 These settings measure nothing, so no speed is asserted; only that each figure is there and positive."""
 import json
-import subprocess
-import sys
 
-from conftest import REPO
 
-BENCH = str(REPO / "bench.py")
 # the JSON object's figures, and the table row that shows them
 ROWS = {"peak": "matmul peak", "train": "train step", "generate": "generate", "hellaswag": "hellaswag", "fineweb": "fineweb"}
 FIGURES = {
@@ -18,16 +14,12 @@ FIGURES = {
 }
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, BENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def test_quick_run_ends_with_a_json_line_of_every_figure(shared_data, tmp_path):
+def test_quick_run_ends_with_a_json_line_of_every_figure(run, shared_data, tmp_path):
     # float32: greedy decoding and HellaSwag scoring must then agree exactly between the two paths
     tiny = ["--quick", "--device", "cpu", "--dtype", "float32", "--repeats", "1", "--new_tokens", "4",
             "--hellaswag_n", "4", "--hellaswag_batch", "2", "--fineweb_docs", "20", "--num_proc", "2",
             "--hellaswag_dir", str(shared_data / "hellaswag"), "--text", str(shared_data / "tinyshakespeare" / "input.txt")]
-    proc = run(*tiny, cwd=tmp_path)
+    proc = run("bench.py", *tiny, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     result = json.loads(lines[-1])
@@ -43,8 +35,8 @@ def test_quick_run_ends_with_a_json_line_of_every_figure(shared_data, tmp_path):
     assert list(tmp_path.iterdir()) == []  # the fineweb corpus and shards went to a temporary folder, now gone
 
 
-def test_unknown_benchmark_is_refused_in_one_line(tmp_path):
-    proc = run("--only", "train,sampling", cwd=tmp_path)
+def test_unknown_benchmark_is_refused_in_one_line(run, tmp_path):
+    proc = run("bench.py", "--only", "train,sampling", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "unknown benchmark sampling" in proc.stderr
 

@@ -1,13 +1,9 @@
 """Every input a user can get wrong, in every script: one clear line, a non-zero exit, no traceback, and
-no file or folder created, changed or removed. One table, one test; README's error table explains the lines."""
+no file or folder created, changed or removed. One table, one test; docs/errors.md explains the lines."""
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +12,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA
-from test_train import TINY
 from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, RESUMABLE, GPTConfig
 
-HELLA_FILE = SHARED_DATA / "hellaswag" / "hellaswag_val.jsonl"
-MICRO = dataclasses.asdict(GPTConfig(**MODEL_PRESETS["micro"], vocab_size=PADDED_VOCAB_SIZE))  # what TINY trains
+HELLA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
+MICRO = dataclasses.asdict(GPTConfig(**MODEL_PRESETS["micro"], vocab_size=PADDED_VOCAB_SIZE))  # what the tiny run trains
 
-# what every row of a script starts from; a row's own arguments come after, and argparse keeps the last value
+# what every row of a script starts from (train_gpt2.py: the tiny run's flags first); a row's own arguments come
+# after, and argparse keeps the last value
 BASE = {
-    "train": [*TINY, "--data_dir", "{shards}", "--log_dir", "{tmp}/log", "--max_steps", "2"],
+    "train": ["--data_dir", "{shards}", "--log_dir", "{tmp}/log", "--max_steps", "2"],
     "sample": ["--device", "cpu", "--dtype", "float32", "--max_new_tokens", "5"],
     "hellaswag": ["--device", "cpu", "--dtype", "float32", "--data_dir", "{hella}", "--limit", "10"],
     "fineweb": ["--out", "{tmp}/out", "--num_proc", "1"],
     "plot": [],
+    "export": [],
 }
-SCRIPT = {"train": "train_gpt2.py", "sample": "sample.py", "hellaswag": "hellaswag.py", "fineweb": "fineweb.py", "plot": "plot.py"}
+SCRIPT = {"train": "train_gpt2.py", "sample": "sample.py", "hellaswag": "hellaswag.py", "fineweb": "fineweb.py", "plot": "plot.py", "export": "export_hf.py"}
 # offline, whatever the machine: downloads hit a closed port at once, Hugging Face looks only in an empty cache
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf", "NO_PROXY": "", "no_proxy": ""} | {
     k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
@@ -183,6 +179,7 @@ BAD_INPUTS = [
     row("resume from a file that is not a training checkpoint", "train", ["--resume"], 1, "model_00001.pt",
         file("log/model_00001.pt", lambda: checkpoint_bytes([1, 2, 3]))),
     row("log dir is a file", "train", [], 1, "--log_dir", file("log", b"not a folder")),
+    row("log dir that cannot be created", "train", ["--log_dir", "/proc/gpt2-kit/log"], 1, "--log_dir /proc/gpt2-kit/log cannot be created"),
     # train_gpt2.py: tokenizer and HellaSwag
     row("no tokenizer files offline", "train", ["--sample_interval", "1"], 1, "tiktoken", lambda t: (t / "empty").mkdir(), {"TIKTOKEN_CACHE_DIR": "{tmp}/empty"}),
     row("HellaSwag file missing offline", "train", ["--hellaswag_interval", "1", "--hellaswag_dir", "{tmp}/hella"], 1, "cannot download"),
@@ -272,29 +269,33 @@ BAD_INPUTS = [
     row("unknown flag", "plot", ["{tmp}", "--bogus"], 2, "--bogus"),
     row("no log.txt in the log dir", "plot", ["{tmp}/nowhere"], 1, "log.txt does not exist"),
     row("log.txt of another program", "plot", ["{tmp}/log"], 1, "not a train_gpt2.py log", file("log/log.txt", b"0 train 10.9\nepoch 1 done\n")),
+    # export_hf.py
+    row("no arguments", "export", [], 2, "the following arguments are required"),
+    row("missing checkpoint", "export", ["{tmp}/model_00005.pt", "{tmp}/out"], 1, "does not exist"),
+    row("log dir without checkpoints", "export", ["{tmp}/log", "{tmp}/out"], 1, "no checkpoint", lambda t: (t / "log").mkdir()),
+    row("truncated checkpoint", "export", ["{tmp}/log", "{tmp}/out"], 1, "model_00005.pt cannot be loaded", file("log/model_00005.pt", truncated_checkpoint)),
+    row("not a training checkpoint", "export", ["{tmp}/other.pt", "{tmp}/out"], 1, "not a train_gpt2.py checkpoint", file("other.pt", lambda: checkpoint_bytes([1, 2, 3]))),
+    row("output folder not empty", "export", ["{tmp}/log", "{tmp}/out"], 1, "already exists and is not empty",
+        both(file("log/model_00002.pt", small_checkpoint), file("out/config.json", b"{}"))),
+    row("no tokenizer files", "export", ["{tmp}/log", "{tmp}/out"], 1, "tiktoken", both(file("log/model_00002.pt", small_checkpoint), file("junk", b"junk")),
+        {"TIKTOKEN_CACHE_DIR": "{tmp}/junk"}),
 ]  # fmt: skip
 
 
-def snapshot(*folders):
-    """Each file's sha256 and each folder under these: anything created, changed or removed shows."""
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder" for f in folders for p in sorted(Path(f).rglob("*"))}
-
-
 @pytest.mark.parametrize("script, args, make, code, mention, env", BAD_INPUTS)
-def test_bad_input_gets_one_line_and_changes_nothing(script, args, make, code, mention, env, shakespeare_shards, tmp_path):
+def test_bad_input_gets_one_line_and_changes_nothing(script, args, make, code, mention, env, run, tiny, snapshot_of, shakespeare_shards, tmp_path):
     if make:
         make(tmp_path)
     fill = dict(tmp=tmp_path, shards=shakespeare_shards, hella=HELLA_FILE.parent)
-    args = [a.format(**fill) for a in BASE[script] + args]
+    args = [a.format(**fill) for a in (tiny if script == "train" else []) + BASE[script] + args]
     # the folders the command is given, besides its own; the 11 MB HellaSwag file is only hashed when named
     folders = [tmp_path] + [fill[k] for k in ("shards", "hella") if str(fill[k]) in args]
-    before = snapshot(*folders)
-    env = {**os.environ, **{k: v.format(**fill) for k, v in (OFFLINE | env).items()}}
-    proc = subprocess.run([sys.executable, str(REPO / SCRIPT[script]), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    before = snapshot_of(*folders)
+    proc = run(SCRIPT[script], *args, cwd=tmp_path, env={k: v.format(**fill) for k, v in (OFFLINE | env).items()}, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     assert proc.returncode == code and len(errors) == 1, proc.stderr
     assert mention in errors[0], errors[0]
     # stdout stays empty, but for train_gpt2.py --resume naming each damaged checkpoint it skips
     assert all(line.endswith("trying an older one") for line in proc.stdout.splitlines()), proc.stdout
-    assert snapshot(*folders) == before
+    assert snapshot_of(*folders) == before

@@ -1,9 +1,10 @@
-"""GPT.export_hf: the folder loads in transformers and computes our logits; its tokenizer is tiktoken's BPE."""
+"""export_hf.py: the folder loads in transformers and computes our logits; its tokenizer is tiktoken's BPE."""
 import random
 
 import pytest
 import torch
 
+from export_hf import export_hf
 from train_gpt2 import GPT, GPTConfig, gpt2_tokenizer
 
 
@@ -15,7 +16,7 @@ def exported(tmp_path_factory):
         for p in model.parameters():
             p.normal_(0.0, 0.1)
     out = tmp_path_factory.mktemp("exported")
-    model.export_hf(out)
+    export_hf(model, out)
     return model, out
 
 

@@ -1,4 +1,4 @@
-"""fineweb.py: text in, GPT-2 token shards out (the contract of DESIGN.md), restartable, and a refused folder left untouched (other bad input: test_errors.py)."""
+"""fineweb.py: text in, GPT-2 token shards out (the shard format train_gpt2.py reads), restartable, and a refused folder left untouched (other bad input: test_errors.py)."""
 import json
 import os
 import re
@@ -37,12 +37,6 @@ def shards(out):
         assert array.ndim == 1 and array.dtype == np.uint16, path.name
         arrays.append(array)
     return arrays
-
-
-def run(*args, cwd=None, env=None):
-    """fineweb.py in a subprocess, as a user runs it (TIKTOKEN_CACHE_DIR comes from conftest via os.environ)."""
-    return subprocess.run([sys.executable, FINEWEB, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=120)
 
 
 def folder_bytes(out):
@@ -102,9 +96,9 @@ def corpus(tmp_path, paragraphs):
     return inputs, jsonl + txt + parquet
 
 
-def test_shards_hold_eot_plus_tokens_of_every_document_in_order(tmp_path, corpus):
+def test_shards_hold_eot_plus_tokens_of_every_document_in_order(run, tmp_path, corpus):
     inputs, docs = corpus
-    result = run("--input", *inputs, "--out", tmp_path / "out", "--shard_size", 997)
+    result = run("fineweb.py", "--input", *inputs, "--out", tmp_path / "out", "--shard_size", 997)
     assert result.returncode == 0, result.stderr
     arrays = shards(tmp_path / "out")
     assert len(arrays) > 5
@@ -113,10 +107,10 @@ def test_shards_hold_eot_plus_tokens_of_every_document_in_order(tmp_path, corpus
     assert f"{len(docs):,} documents" in result.stdout
 
 
-def test_one_and_two_processes_write_identical_bytes(tmp_path, corpus):
+def test_one_and_two_processes_write_identical_bytes(run, tmp_path, corpus):
     inputs, _ = corpus
     for n in (1, 2):
-        assert run("--input", *inputs, "--out", tmp_path / f"out{n}", "--prefix", "p", "--shard_size", 1000, "--num_proc", n).returncode == 0
+        assert run("fineweb.py", "--input", *inputs, "--out", tmp_path / f"out{n}", "--prefix", "p", "--shard_size", 1000, "--num_proc", n).returncode == 0
     assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
     # spawned workers, as on Windows and macOS, start without the main process's encoder and load their own
     script = tmp_path / "spawned.py"
@@ -138,9 +132,9 @@ def test_tiny_shakespeare_download_that_fails_leaves_nothing_behind(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kit", "kit/fineweb.py"]
 
 
-def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(tmp_path, shared_data):
+def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(run, tmp_path, shared_data):
     path = shared_data / "tinyshakespeare" / "input.txt"
-    result = run("--input", path, "--shard_size", 32768, cwd=tmp_path)  # default --out and --prefix
+    result = run("fineweb.py", "--input", path, "--shard_size", 32768, cwd=tmp_path)  # default --out and --prefix
     assert result.returncode == 0, result.stderr
     out = tmp_path / "tinyshakespeare"
     assert (out / "tinyshakespeare_val_000000.npy").exists() and (out / "tinyshakespeare_train_000001.npy").exists()
@@ -149,7 +143,7 @@ def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shard
     np.testing.assert_array_equal(tokens, reference([path.read_text()]))
 
 
-def test_hugging_face_dataset_path_reads_the_same_documents(tmp_path, corpus):
+def test_hugging_face_dataset_path_reads_the_same_documents(run, tmp_path, corpus):
     """The FineWeb-Edu code path (load_dataset), here on a local parquet folder, with and without streaming."""
     docs = valid_utf8(corpus[1])
     (tmp_path / "hub").mkdir()
@@ -157,7 +151,7 @@ def test_hugging_face_dataset_path_reads_the_same_documents(tmp_path, corpus):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     for streaming in ([], ["--streaming"]):
         out = tmp_path / f"out{len(streaming)}"
-        result = run("--dataset", tmp_path / "hub", "--out", out, "--shard_size", 1000, *streaming, env=env)
+        result = run("fineweb.py", "--dataset", tmp_path / "hub", "--out", out, "--shard_size", 1000, *streaming, env=env)
         assert result.returncode == 0, result.stderr
         np.testing.assert_array_equal(np.concatenate(shards(out)), reference(docs))
 
@@ -170,11 +164,11 @@ def big_corpus(tmp_path, shared_data):
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished_shards(tmp_path, big_corpus, fmt):
+def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished_shards(run, tmp_path, big_corpus, fmt):
     path = tmp_path / f"docs.{fmt}"
     write_jsonl(path, big_corpus) if fmt == "jsonl" else write_parquet(path, big_corpus, row_group_size=100)
     args = ["--input", path, "--prefix", "docs", "--shard_size", 100_003]  # shards end inside documents
-    assert run(*args, "--out", tmp_path / "whole").returncode == 0
+    assert run("fineweb.py", *args, "--out", tmp_path / "whole").returncode == 0
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, FINEWEB, *map(str, args), "--out", str(out)], start_new_session=True,
@@ -188,7 +182,7 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
     finished = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in manifest["shards"]}
     assert finished and not manifest["complete"]
 
-    result = run(*args, "--out", out)
+    result = run("fineweb.py", *args, "--out", out)
     assert result.returncode == 0, result.stderr
     assert folder_bytes(out) == folder_bytes(tmp_path / "whole")
     assert finished == {name: (out / name).stat().st_mtime_ns for name in finished}
@@ -247,15 +241,15 @@ def one_line_error(result):
     return lines[0]
 
 
-def test_folder_of_another_run_is_refused_and_left_untouched(tmp_path, corpus):
+def test_folder_of_another_run_is_refused_and_left_untouched(run, tmp_path, corpus):
     inputs, _ = corpus
     out = tmp_path / "out"
-    assert run("--input", *inputs, "--out", out, "--shard_size", 1000).returncode == 0
+    assert run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 1000).returncode == 0
     before = folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert "shard_size 1000 there, 999 now" in one_line_error(run("--input", *inputs, "--out", out, "--shard_size", 999))
-    assert "--out" in one_line_error(run("--input", inputs[0], "--out", out, "--shard_size", 1000))
+    assert "shard_size 1000 there, 999 now" in one_line_error(run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 999))
+    assert "--out" in one_line_error(run("fineweb.py", "--input", inputs[0], "--out", out, "--shard_size", 1000))
     assert before == (folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()})
-    assert "nothing to do" in run("--input", *inputs, "--out", out, "--shard_size", 1000).stdout
+    assert "nothing to do" in run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 1000).stdout
 
 
 def test_download_goes_through_a_temporary_name_and_happens_once(tmp_path, shared_data):
@@ -265,8 +259,8 @@ def test_download_goes_through_a_temporary_name_and_happens_once(tmp_path, share
     assert fineweb.download((tmp_path / "gone.txt").as_uri(), path) == path  # cached: the url is not read again
 
 
-def test_help_lists_every_flag_with_its_default():
-    result = run("--help")
+def test_help_lists_every_flag_with_its_default(run):
+    result = run("fineweb.py", "--help")
     assert result.returncode == 0
     for flag in ["--input", "--dataset", "--name", "--streaming", "--text_column", "--out", "--prefix", "--shard_size", "--num_proc"]:
         assert flag in result.stdout

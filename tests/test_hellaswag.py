@@ -1,7 +1,6 @@
 """hellaswag.py: scores against an independent per-ending loop, batching, ranks, and the download (bad input: test_errors.py)."""
 import dataclasses
 import functools
-import hashlib
 import http.server
 import itertools
 import json
@@ -14,8 +13,7 @@ import pytest
 import torch
 
 import hellaswag
-from conftest import REPO
-from train_gpt2 import GPT, GPTConfig
+from train_gpt2 import GPT, GPTConfig, InputError
 
 N = 200  # val examples scored against the reference loop
 CPU, FP32 = torch.device("cpu"), torch.autocast("cpu", enabled=False)
@@ -28,14 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def run(*args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=600)
-
-
-def snapshot(folder):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +96,10 @@ def expected_line(rows):
 
 
 @pytest.mark.parametrize("source", ["model_type", "checkpoint"])
-def test_cli_scores_match_a_per_ending_reference_loop(source, tiny_hf, tiny_checkpoint, reference, val_file):
+def test_cli_scores_match_a_per_ending_reference_loop(run, source, tiny_hf, tiny_checkpoint, reference, val_file):
     model = ["--model_type", str(tiny_hf)] if source == "model_type" else ["--checkpoint", str(tiny_checkpoint)]
     common = ["--data_dir", str(val_file.parent), "--limit", str(N), "--device", "cpu", "--dtype", "float32"]
-    proc = run(str(REPO / "hellaswag.py"), *model, *common)
+    proc = run("hellaswag.py", *model, *common)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == expected_line(reference)
 
@@ -182,10 +172,10 @@ def test_forwards_pad_to_their_longest_row_and_apply_the_lm_head_at_ending_token
         assert sum(model.head_rows) == sum(head_rows) and max(model.head_rows) <= hellaswag.LM_HEAD_ROWS
 
 
-def test_two_processes_count_what_one_process_counts(tiny_checkpoint, reference, val_file, tmp_path):
+def test_two_processes_count_what_one_process_counts(repo, tiny_checkpoint, reference, val_file, tmp_path):
     script = tmp_path / "score.py"
     script.write_text(
-        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
         "import torch, hellaswag\n"
         "from train_gpt2 import GPT\n"
         "torch.distributed.init_process_group('gloo')\n"
@@ -198,7 +188,8 @@ def test_two_processes_count_what_one_process_counts(tiny_checkpoint, reference,
         "    print('counts', *counts)\n"
         "torch.distributed.destroy_process_group()\n"
     )
-    proc = run(str(script), launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*launcher, str(script)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     model = GPT.from_checkpoint(tiny_checkpoint).eval()
     examples = hellaswag.load_examples(val_file.parent, "val", limit=21)
@@ -246,7 +237,7 @@ def test_download_once_via_a_temporary_name(file_server, val_file, tmp_path, mon
     assert hellaswag.load_examples(cache, "val", limit=3) == examples
 
     monkeypatch.setattr(hellaswag, "URL", file_server + "/cut_{split}.jsonl")
-    with pytest.raises(SystemExit, match="cannot download .*cut_val.jsonl"):
+    with pytest.raises(InputError, match="cannot download .*cut_val.jsonl"):
         hellaswag.load_examples(tmp_path / "cut", "val")
     assert not (tmp_path / "cut").exists()  # the partial download is gone, and the folder made for it
 
@@ -264,13 +255,13 @@ def test_help_lists_every_flag_with_its_default(capsys):
     assert text.count("(default:") == 8
 
 
-def test_import_is_light_and_does_nothing(tmp_path):
+def test_import_is_light_and_does_nothing(repo, snapshot_of, tmp_path):
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); import hellaswag\n"
-        "print(sorted(m for m in ('transformers', 'tiktoken', 'train_gpt2') if m in sys.modules))"
+        f"import sys; sys.path.insert(0, {str(repo)!r}); import hellaswag\n"
+        "print(sorted(m for m in ('transformers', 'tiktoken') if m in sys.modules))"
     )
-    cache_before = snapshot(hellaswag.DATA_DIR)
+    cache_before = snapshot_of(hellaswag.DATA_DIR)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"  # heavy or network modules wait until they are needed
-    assert list(tmp_path.iterdir()) == [] and snapshot(hellaswag.DATA_DIR) == cache_before
+    assert list(tmp_path.iterdir()) == [] and snapshot_of(hellaswag.DATA_DIR) == cache_before

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from conftest import REPO
-from test_train import TINY, read_log, train
 from train_gpt2 import checkpoint_paths
 
 
@@ -25,14 +23,14 @@ def final_weights(log_dir, step):
     return torch.load(Path(log_dir) / f"model_{step:05d}.pt", weights_only=True)["model"]
 
 
-def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(shakespeare_shards, tmp_path):
+def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(repo, train, tiny, shakespeare_shards, tmp_path):
     # checkpoints and evaluations are frequent so that kills land in steps, evals and checkpoint writes alike
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "10", "--eval_interval", "3", "--checkpoint_interval", "2"]
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "10", "--eval_interval", "3", "--checkpoint_interval", "2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train(*args, "--log_dir", str(full)).returncode == 0
 
     rng = random.Random(0)
-    cmd = [sys.executable, str(REPO / "train_gpt2.py"), *args, "--log_dir", str(killed), "--resume"]
+    cmd = [sys.executable, str(repo / "train_gpt2.py"), *args, "--log_dir", str(killed), "--resume"]
     for _ in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         # wait for the first step line so the kill lands inside training, then a random while longer
@@ -52,8 +50,8 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(shak
     assert_checkpoints_load(killed)
 
 
-def test_resume_falls_back_past_a_damaged_newest_checkpoint(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "6", "--eval_interval", "3", "--checkpoint_interval", "3"]
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(train, log_of, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "6", "--eval_interval", "3", "--checkpoint_interval", "3"]
     full, damaged = tmp_path / "full", tmp_path / "damaged"
     assert train(*args, "--log_dir", str(full)).returncode == 0
     damaged.mkdir()
@@ -67,16 +65,16 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(shakespeare_shards, 
     notices = [line for line in proc.stdout.splitlines() if "model_00006.pt" in line]
     assert len(notices) == 1 and "trying an older one" in notices[0]
     assert "resuming from" in proc.stdout and "model_00003.pt at step 3" in proc.stdout
-    assert read_log(damaged) == read_log(full)
+    assert log_of(damaged) == log_of(full)
     a, b = final_weights(full, 6), final_weights(damaged, 6)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_dead_ddp_rank_ends_the_job_instead_of_hanging(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--batch_size", "2", "--seq_len", "32",
+def test_a_dead_ddp_rank_ends_the_job_instead_of_hanging(repo, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--batch_size", "2", "--seq_len", "32",
             "--total_batch_size", "128", "--max_steps", "100000", "--eval_interval", "0", "--checkpoint_interval", "3"]  # fmt: skip
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.Popen([*launcher, str(REPO / "train_gpt2.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([*launcher, str(repo / "train_gpt2.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.startswith("step 5 |"):
             break

@@ -1,15 +1,11 @@
-"""GPT.generate against transformers and a full recompute, seeded sampling, and the sample.py CLI end to end."""
+"""sample.generate against transformers and a full recompute, seeded sampling, and the sample.py CLI end to end."""
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
 import tiktoken
 import torch
 
-from conftest import REPO
-from test_train import TINY, train
+from sample import generate
 from train_gpt2 import GPT2_VOCAB_SIZE, GPT, GPTConfig, PADDED_VOCAB_SIZE
 
 PROMPT = "Hello, I'm a language model,"
@@ -45,7 +41,7 @@ def prompts(batch, length):
     return torch.randint(0, GPT2_VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(1))
 
 
-# --- GPT.generate ------------------------------------------------------------------
+# --- generate ----------------------------------------------------------------------
 
 
 def test_greedy_equals_transformers_generate(tmp_path):
@@ -58,7 +54,7 @@ def test_greedy_equals_transformers_generate(tmp_path):
     idx = prompts(2, 8)
     # eos_token_id=None: HF would stop a row at <|endoftext|> (and min_new_tokens would forbid it, changing the argmax)
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, max_new_tokens=40, eos_token_id=None)
-    ours = GPT.from_pretrained(str(tmp_path)).generate(idx, 40, top_k=1)
+    ours = generate(GPT.from_pretrained(str(tmp_path)), idx, 40, top_k=1)
     assert torch.equal(ours, ref)
     assert all(len(set(row)) > 10 for row in ours[:, 8:].tolist())  # not a degenerate repetition
 
@@ -71,21 +67,21 @@ def test_greedy_with_cache_equals_full_recompute_past_the_context():
         logits, _ = model(ref[:, -32:])
         ref = torch.cat((ref, logits[:, -1, :GPT2_VOCAB_SIZE].argmax(-1, keepdim=True)), dim=1)
     assert (logits[:, -1].argmax(-1) >= GPT2_VOCAB_SIZE).all()  # unmasked, the padding would win
-    assert torch.equal(model.generate(idx, 32 + 20, top_k=1), ref)
+    assert torch.equal(generate(model, idx, 32 + 20, top_k=1), ref)
     assert all(len(set(row)) > 20 for row in ref[:, 10:].tolist())
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
     model = random_gpt()
     idx = prompts(3, 4)
-    a, b, c = (model.generate(idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8))
+    a, b, c = (generate(model, idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_padded_ids_are_never_sampled():
     model = random_gpt()
     for top_k in (None, 100):
-        out = model.generate(prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
+        out = generate(model, prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
         assert out.max() < GPT2_VOCAB_SIZE
 
 
@@ -95,7 +91,7 @@ def test_top_k_samples_only_among_the_k_most_likely():
 
     def ranks(top_k):
         """The rank of every sampled token among the model's scores at its position (0 = the most likely)."""
-        out = model.generate(idx, 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
+        out = generate(model, idx, 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
         logits = model(out)[0][:, 7:-1, :GPT2_VOCAB_SIZE]  # one forward over all 32 tokens: within the context
         sampled = logits.gather(-1, out[:, 8:, None])
         return (logits > sampled).sum(-1)
@@ -107,31 +103,32 @@ def test_top_k_samples_only_among_the_k_most_likely():
 # --- sample.py end to end ----------------------------------------------------------
 
 
-def sample(*args, cwd=None, env=None):
-    # float32 on the CPU, so the runs match the in-process reference; offline, so a hub name fails at once
-    cmd = [sys.executable, str(REPO / "sample.py"), "--device", "cpu", "--dtype", "float32", *map(str, args)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+@pytest.fixture(scope="module")
+def sample(run):
+    """sample.py with these flags, in float32 on the CPU so the runs match the in-process reference; offline, so
+    a hub name fails at once."""
+    return lambda *args, cwd=None, env=None: run("sample.py", "--device", "cpu", "--dtype", "float32", *args, cwd=cwd,
+                                                  env={"HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
 
 
 def expected_stdout(model, prompt, seed, max_new_tokens, top_k=50):
-    """What sample.py should print for one sample: the whole sequence from GPT.generate, decoded at once."""
+    """What sample.py should print for one sample: the whole sequence from generate, decoded at once."""
     enc = tiktoken.get_encoding("gpt2")
     idx = torch.tensor([enc.encode(prompt)])
-    out = model.generate(idx, max_new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    out = generate(model, idx, max_new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
     return enc.decode(out[0].tolist()) + "\n", out[0, idx.size(1) :].tolist()
 
 
 @pytest.fixture(scope="module")
-def log_dir(shakespeare_shards, tmp_path_factory):
+def log_dir(train, tiny, shakespeare_shards, tmp_path_factory):
     """A folder named log holding model_00010.pt from a 10-step run of the micro model on Tiny Shakespeare."""
     log_dir = tmp_path_factory.mktemp("run") / "log"
-    proc = train(*TINY, "--max_steps", "10", "--data_dir", str(shakespeare_shards), "--log_dir", str(log_dir))
+    proc = train(*tiny, "--max_steps", "10", "--data_dir", str(shakespeare_shards), "--log_dir", str(log_dir))
     assert proc.returncode == 0, proc.stderr
     return log_dir
 
 
-def test_sample_prints_the_prompt_and_its_seeded_continuation(log_dir):
+def test_sample_prints_the_prompt_and_its_seeded_continuation(sample, log_dir):
     args = ["--prompt", PROMPT, "--max_new_tokens", 30]
     default = sample(*args, "--seed", 5, cwd=log_dir.parent)  # no --checkpoint: the newest in ./log
     named = sample(*args, "--seed", 5, "--checkpoint", log_dir / "model_00010.pt")
@@ -151,7 +148,7 @@ def is_utf8(data):
         return False
 
 
-def test_streamed_text_joins_tokens_that_split_a_character(log_dir, tmp_path):
+def test_streamed_text_joins_tokens_that_split_a_character(sample, log_dir, tmp_path):
     # a model that samples only tokens holding part of a UTF-8 character (e.g. the lone byte 0xc3):
     # its text is right only if the pieces are joined before they are decoded
     enc = tiktoken.get_encoding("gpt2")
@@ -167,7 +164,7 @@ def test_streamed_text_joins_tokens_that_split_a_character(log_dir, tmp_path):
     assert set(new) <= set(pieces) and enc.decode(new) != "".join(enc.decode([t]) for t in new)
 
 
-def test_several_samples_print_one_after_another_labelled(log_dir):
+def test_several_samples_print_one_after_another_labelled(sample, log_dir):
     proc = sample("--checkpoint", log_dir, "--num_samples", 2, "--max_new_tokens", 20)
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.split("--- sample 2 of 2 ---\n")
@@ -175,7 +172,7 @@ def test_several_samples_print_one_after_another_labelled(log_dir):
     assert first.removeprefix("--- sample 1 of 2 ---\n") != second
 
 
-def test_empty_and_overlong_prompts(log_dir):
+def test_empty_and_overlong_prompts(sample, log_dir):
     empty = sample("--checkpoint", log_dir, "--prompt", "", "--max_new_tokens", 10)
     assert empty.returncode == 0 and empty.stdout.strip() and not empty.stdout.startswith("<|endoftext|>"), empty.stderr
 
@@ -187,7 +184,7 @@ def test_empty_and_overlong_prompts(log_dir):
     assert proc.stdout.startswith(enc.decode(enc.encode(long)[-128:])) and not proc.stdout.startswith("word0 ")
 
 
-def test_init_from_a_local_hugging_face_folder(tmp_path):
+def test_init_from_a_local_hugging_face_folder(sample, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -197,8 +194,22 @@ def test_init_from_a_local_hugging_face_folder(tmp_path):
     assert proc.stdout == expected_stdout(GPT.from_pretrained(str(tmp_path)), PROMPT, seed=2, max_new_tokens=12)[0]
 
 
-def test_help_lists_every_flag_with_its_default():
+def test_help_lists_every_flag_with_its_default(sample):
     proc = sample("--help")
     flags = ["--checkpoint", "--init_from", "--prompt", "--num_samples", "--max_new_tokens", "--temperature", "--top_k", "--seed", "--device", "--dtype", "--compile"]
     assert proc.returncode == 0 and all(f in proc.stdout for f in flags)
     assert proc.stdout.count("(default:") == len(flags)
+
+
+def test_compile_compiles_the_decoding_and_gives_eager_tokens(log_dir, capsys):
+    import sample as sample_py
+    from torch._dynamo.utils import counters
+
+    args = ["--checkpoint", str(log_dir), "--device", "cpu", "--dtype", "float32", "--top_k", "1", "--num_samples", "2", "--max_new_tokens", "24"]
+    sample_py.main(args)
+    eager = capsys.readouterr().out
+    torch._dynamo.reset()
+    counters.clear()
+    sample_py.main([*args, "--compile"])
+    assert counters["stats"]["unique_graphs"] >= 2  # the prompt's forward and the one-token steps after it
+    assert capsys.readouterr().out == eager

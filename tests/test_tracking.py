@@ -7,23 +7,28 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
-from test_train import TINY, snapshot
 
-SHORT = [*TINY, "--eval_interval", "2", "--checkpoint_interval", "2"]
+SHORT = ["--eval_interval", "2", "--checkpoint_interval", "2"]  # after the tiny run's flags
 
 
-def run(cwd, *args, env=None, block_wandb=False):
-    block = "sys.modules['wandb'] = None; " if block_wandb else ""  # `import wandb` fails as if it were not installed
-    code = (
-        f"import sys, runpy; sys.path.insert(0, {str(REPO)!r}); {block}"  # as `python train_gpt2.py` would
-        f"sys.argv = ['train_gpt2.py', *{list(args)!r}]; runpy.run_path({str(REPO / 'train_gpt2.py')!r}, run_name='__main__')"
-    )
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+@pytest.fixture
+def run(repo, tiny):
+    """run(cwd, *args, block_wandb=False): train_gpt2.py from cwd with the tiny run's flags, then these; wandb offline,
+    or (block_wandb) failing to import as if it were not installed."""
+
+    def run(cwd, *args, block_wandb=False):
+        block = "sys.modules['wandb'] = None; " if block_wandb else ""
+        code = (
+            f"import sys, runpy; sys.path.insert(0, {str(repo)!r}); {block}"  # as `python train_gpt2.py` would
+            f"sys.argv = ['train_gpt2.py', *{tiny + list(args)!r}]; runpy.run_path({str(repo / 'train_gpt2.py')!r}, run_name='__main__')"
+        )
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+    return run
 
 
-def test_named_run_logs_to_log_slash_name_and_to_offline_wandb_across_a_resume(shakespeare_shards, tmp_path):
+def test_named_run_logs_to_log_slash_name_and_to_offline_wandb_across_a_resume(run, shakespeare_shards, tmp_path):
     pytest.importorskip("wandb")  # optional for users; CI installs it so this runs
     data = ["--data_dir", str(shakespeare_shards), "--run_name", "shakes1", "--wandb"]
     first = run(tmp_path, *SHORT, *data, "--max_steps", "4")
@@ -45,21 +50,21 @@ def test_named_run_logs_to_log_slash_name_and_to_offline_wandb_across_a_resume(s
     assert len(list((log_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
-def test_without_wandb_installed_only_the_flag_fails_in_one_line(shakespeare_shards, tmp_path):
+def test_without_wandb_installed_only_the_flag_fails_in_one_line(run, snapshot_of, shakespeare_shards, tmp_path):
     args = [*SHORT, "--data_dir", str(shakespeare_shards), "--max_steps", "2"]
     plain = run(tmp_path, *args, "--log_dir", "plain", block_wandb=True)
     assert plain.returncode == 0, plain.stderr  # wandb is never imported unless asked for
     assert (tmp_path / "plain" / "model_00002.pt").exists()
 
-    before = snapshot(tmp_path)
+    before = snapshot_of(tmp_path)
     asked = run(tmp_path, *args, "--log_dir", "tracked", "--wandb", block_wandb=True)
     assert asked.returncode == 1 and "Traceback" not in asked.stderr
     assert asked.stderr.strip().splitlines() == ["--wandb needs the wandb package: pip install wandb, or leave out --wandb"]
-    assert snapshot(tmp_path) == before and not (tmp_path / "tracked").exists()
+    assert snapshot_of(tmp_path) == before and not (tmp_path / "tracked").exists()
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ""])
-def test_run_name_must_be_a_plain_folder_name(name, tmp_path):
+def test_run_name_must_be_a_plain_folder_name(run, name, tmp_path):
     proc = run(tmp_path, "--run_name", name)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "--run_name" in proc.stderr and list(tmp_path.iterdir()) == []

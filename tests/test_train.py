@@ -1,7 +1,5 @@
 """train_gpt2.py: the model against transformers' GPT-2, the shard loader, and the training CLI end to end."""
 import dataclasses
-import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -11,52 +9,27 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
-from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, checkpoint_paths
+from train_gpt2 import GPT, DataLoaderLite, GPTConfig, InputError, TrainConfig, checkpoint_paths
 
-# a 2-layer, 64-dim model on Tiny Shakespeare: 20 steps take a few seconds on 2 CPU cores
-TINY = [
-    "--model", "micro", "--batch_size", "4", "--seq_len", "64", "--total_batch_size", "512",
-    "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "4096", "--sample_interval", "0", "--hellaswag_interval", "0",
-    "--dtype", "float32", "--device", "cpu",
-]  # fmt: skip
 STEP_LINE = re.compile(
     r"step (\d+) \| loss (\d+\.\d{6}) \| lr (\d\.\d{4}e[+-]\d\d) \| norm (\d+\.\d{4}) \| dt (\d+\.\d\d)ms \| tok/sec (\d+) \| mfu (n/a|\d+\.\d\d%)"
 )
 
 
-def train(*args, torchrun=0, env=None):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    return subprocess.run([*launcher, str(REPO / "train_gpt2.py"), *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-
-
-def read_log(log_dir):
-    """log.txt as {(step, kind): value}."""
-    entries = {}
-    for line in (Path(log_dir) / "log.txt").read_text().splitlines():
-        step, kind, value = line.split()[:3]
-        entries[int(step), kind] = float(value)
-    return entries
-
-
-def snapshot(*folders):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
 # --- the model ---------------------------------------------------------------
 
 
-def test_import_does_nothing_but_define(tmp_path):
+def test_import_does_nothing_but_define(repo, snapshot_of, tmp_path):
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); import train_gpt2, torch\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r}); import train_gpt2, torch\n"
         "assert not torch.distributed.is_initialized()\n"
         "print(sorted(m for m in ('transformers', 'tiktoken', 'datasets', 'hellaswag') if m in sys.modules))"
     )
-    before = snapshot(REPO / "log")
+    before = snapshot_of(repo / "log")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"  # heavy or side-effecting imports stay lazy
-    assert list(tmp_path.iterdir()) == [] and snapshot(REPO / "log") == before
+    assert list(tmp_path.iterdir()) == [] and snapshot_of(repo / "log") == before
 
 
 def test_gpt2_124m_has_124439808_parameters():
@@ -87,7 +60,7 @@ def test_from_pretrained_matches_transformers_logits(tmp_path):
 
 
 def test_from_pretrained_rejects_unknown_name():
-    with pytest.raises(SystemExit, match="neither a local folder nor one of gpt2"):
+    with pytest.raises(InputError, match="neither a local folder nor one of gpt2"):
         GPT.from_pretrained("gpt5-ultra")
 
 
@@ -155,8 +128,8 @@ def test_loader_reshuffles_each_epoch_and_resumes_exactly(counting_shards):
 # --- training end to end -------------------------------------------------------
 
 
-def test_training_loss_falls_and_output_follows_design(shakespeare_shards, tmp_path):
-    proc = train(*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "10", "--checkpoint_interval", "10")
+def test_training_loss_falls_and_output_follows_design(train, log_of, tiny, shakespeare_shards, tmp_path):
+    proc = train(*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "10", "--checkpoint_interval", "10")
     assert proc.returncode == 0, proc.stderr
     steps = [STEP_LINE.fullmatch(line) for line in proc.stdout.splitlines() if line.startswith("step ") and "val" not in line]
     assert all(steps) and [int(m.group(1)) for m in steps] == list(range(20))
@@ -165,7 +138,7 @@ def test_training_loss_falls_and_output_follows_design(shakespeare_shards, tmp_p
 
     lines = (tmp_path / "log.txt").read_text().splitlines()
     assert all(re.fullmatch(r"\d+ (train \d+\.\d{6}|val \d+\.\d{4})", line) for line in lines), lines
-    log = read_log(tmp_path)
+    log = log_of(tmp_path)
     assert [s for s, kind in log if kind == "val"] == [0, 10, 20]
     assert [log[s, "train"] for s in range(20)] == losses
     assert log[20, "val"] < log[0, "val"] - 1.0
@@ -178,8 +151,8 @@ def test_training_loss_falls_and_output_follows_design(shakespeare_shards, tmp_p
     model.load_state_dict(ckpt["model"])  # the bare GPT's keys: no module. or _orig_mod. prefixes
 
 
-def test_resume_reproduces_the_uninterrupted_run_bitwise(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--max_steps", "16", "--eval_interval", "4", "--checkpoint_interval", "6"]
+def test_resume_reproduces_the_uninterrupted_run_bitwise(train, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--max_steps", "16", "--eval_interval", "4", "--checkpoint_interval", "6"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert train(*args, "--log_dir", str(full)).returncode == 0
     # the interrupted run: its step-6 checkpoint, the log lines it wrote after it, and a line cut short
@@ -198,8 +171,8 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(shakespeare_shards, tmp
     assert a["train_loader"] == b["train_loader"]
 
 
-def test_resume_with_other_flags_says_which(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--eval_interval", "0"]
+def test_resume_with_other_flags_says_which(train, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--eval_interval", "0"]
     assert train(*args, "--max_steps", "2").returncode == 0
     proc = train(*args, "--max_steps", "3", "--resume")  # extending a run: the schedule follows the new max_steps
     assert proc.returncode == 0, proc.stderr
@@ -207,38 +180,35 @@ def test_resume_with_other_flags_says_which(shakespeare_shards, tmp_path):
     assert "step 2 |" in proc.stdout and (tmp_path / "model_00003.pt").exists()
 
 
-def test_ddp_on_two_processes_equals_gradient_accumulation(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--batch_size", "2", "--seq_len", "32", "--total_batch_size", "128", "--max_steps", "8", "--eval_interval", "4"]
+def test_ddp_on_two_processes_equals_gradient_accumulation(train, log_of, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--batch_size", "2", "--seq_len", "32", "--total_batch_size", "128", "--max_steps", "8", "--eval_interval", "4"]
     one = train(*args, "--log_dir", str(tmp_path / "one"))
     two = train(*args, "--log_dir", str(tmp_path / "two"), torchrun=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert "2 accumulation steps" in one.stdout and "2 processes x 1 accumulation steps" in two.stdout
-    a, b = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    a, b = log_of(tmp_path / "one"), log_of(tmp_path / "two")
     assert a.keys() == b.keys() and len([k for k in a if k[1] == "train"]) == 8
     assert all(abs(a[k] - b[k]) < 1e-5 for k in a if k[1] == "train"), (a, b)
     assert all(abs(a[k] - b[k]) < 2e-4 for k in a if k[1] == "val")  # val lines are printed to 4 decimals
     assert len(two.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
 
 
-def test_compiled_run_evaluates_scores_hellaswag_and_samples(shakespeare_shards, shared_data, tmp_path):
+def test_compiled_run_evaluates_scores_hellaswag_and_samples(train, run, log_of, tiny, shakespeare_shards, shared_data, tmp_path):
     hella = ["--hellaswag_interval", "2", "--hellaswag_limit", "40", "--hellaswag_dir", str(shared_data / "hellaswag")]
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--total_batch_size", "256", "--max_steps", "2"]
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--total_batch_size", "256", "--max_steps", "2"]
     proc = train(*args, *hella, "--eval_interval", "1", "--sample_interval", "1", "--compile")
     assert proc.returncode == 0, proc.stderr
     assert "compile on" in proc.stdout and proc.stdout.count("sample ") == 4
-    log = read_log(tmp_path)
+    log = log_of(tmp_path)
     assert [s for s, kind in log if kind == "val"] == [0, 1, 2] and [s for s, kind in log if kind == "hella"] == [0, 2]
     # the in-training score of the final model equals hellaswag.py's on its checkpoint (uncompiled)
-    score = subprocess.run(
-        [sys.executable, str(REPO / "hellaswag.py"), "--checkpoint", str(tmp_path), "--limit", "40", "--dtype", "float32", "--data_dir", str(shared_data / "hellaswag")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    score = run("hellaswag.py", "--checkpoint", tmp_path, "--limit", "40", "--dtype", "float32", "--data_dir", shared_data / "hellaswag")
     assert score.returncode == 0, score.stderr
     assert score.stdout.strip().splitlines()[-1].endswith(f"acc_norm={log[2, 'hella']:.4f}")
 
 
-def test_help_lists_every_flag_with_its_default():
+def test_help_lists_every_flag_with_its_default(train):
     proc = train("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())  # argparse wraps lines
@@ -247,8 +217,8 @@ def test_help_lists_every_flag_with_its_default():
         assert f.default is None or f"(default: {f.default})" in text, f.name
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(shakespeare_shards, tmp_path):
-    args = [*TINY, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "30", "--warmup_steps", "0"]
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(train, tiny, shakespeare_shards, tmp_path):
+    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "30", "--warmup_steps", "0"]
     proc = train(*args, "--max_lr", "1e9", "--eval_interval", "0", "--checkpoint_interval", "1")  # absurd: diverges at once
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.fullmatch(r"step (\d+): the loss is (nan|inf).*", proc.stderr.strip()), proc.stderr

@@ -1,0 +1,92 @@
+"""
+Write a train_gpt2.py checkpoint as a Hugging Face GPT-2 folder: weights, config and tokenizer files.
+
+    python export_hf.py log gpt2-ours                    # the newest checkpoint in log/ -> gpt2-ours/
+    python export_hf.py log/model_19073.pt gpt2-ours
+
+The folder loads with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained,
+offline, and computes our logits: lm-evaluation-harness, the Hub and serving tools take it as it is.
+The padded vocabulary rows are dropped (it has 50,257), and vocab.json / merges.txt are rebuilt from
+tiktoken's GPT-2 ranks (they equal OpenAI's files). GPT.from_pretrained reads such a folder back.
+"""
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from train_gpt2 import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, ArgumentParser, InputError, gpt2_tokenizer
+
+
+def hf_config(config, vocab_size=None, **kwargs):
+    """transformers' GPT2Config with our dims and no dropout: we train without it, so an exported model computes
+    the same function (and bench.py's Hugging Face baseline does the same work)."""
+    return GPT2Config(vocab_size=vocab_size or config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+                      n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kwargs)
+
+
+def gpt2_tokenizer_files(enc):
+    """GPT-2's vocab.json and merges.txt (name -> text), rebuilt from tiktoken's ranks, so that Hugging Face
+    tokenizers load the same BPE offline."""
+    ranks = enc._mergeable_ranks  # token bytes -> id; tiktoken's gpt2 ids are OpenAI's encoder.json ids
+    # GPT-2 spells bytes as printable characters: printable ones stand for themselves, the rest shift past 255
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = iter(range(256, 512))
+    byte_char = {b: chr(b) if b in printable else chr(next(shifted)) for b in range(256)}
+
+    def spell(token):
+        return "".join(byte_char[b] for b in token)
+
+    def split_in_two(token):
+        # replay BPE on the token's bytes with the merges learned before it: it ends in the pair merged last
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            pairs = [(ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            _, i = min(pairs)
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        return parts
+
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    merges = [" ".join(spell(p) for p in split_in_two(token)) for token, rank in by_rank if rank >= 256]
+    vocab = {spell(token): rank for token, rank in by_rank} | {"<|endoftext|>": enc.eot_token}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n"}
+
+
+def export_hf(model, out_dir):
+    """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2: the inverse of
+    GPT.from_pretrained. It is written beside out_dir and renamed, so an interrupted export leaves nothing."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir} already exists and is not empty: choose a new folder for the export")
+    files = gpt2_tokenizer_files(gpt2_tokenizer())  # before anything is written: offline, the tokenizer may be missing
+    n_vocab = min(model.config.vocab_size, GPT2_VOCAB_SIZE)
+    hf = GPT2LMHeadModel(hf_config(model.config, vocab_size=n_vocab))
+    state = {k: (v.t() if k.endswith(HF_TRANSPOSED) else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an export that was interrupted
+    hf.save_pretrained(tmp)
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+    os.replace(tmp, out_dir)  # over an empty folder too
+
+
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("checkpoint", help="a train_gpt2.py checkpoint (model_*.pt), or a log dir: its newest checkpoint")
+    parser.add_argument("out_dir", help="the folder to write (new, or empty)")
+    args = parser.parse_args(argv)
+    try:
+        export_hf(GPT.from_checkpoint(args.checkpoint), args.out_dir)
+    except InputError as e:
+        raise SystemExit(str(e))
+    print(f"wrote {args.out_dir}: load it with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+
+
+if __name__ == "__main__":
+    main()
