@@ -1,26 +1,20 @@
 """
-Speed of this kit's fast paths against a baseline, each pair in one process on the same data.
+Our fast paths against their usual alternatives, each pair in one process on the same data.
 
-    python bench.py                            # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (about 3 minutes on 2 cores)
-    python bench.py --batch_size 32            # GPU: GPT-2 124M at T=1024, compile + bf16
-    python bench.py --only train,generate --repeats 9
-    python bench.py --quick                    # a tiny model, no compile: checks every path in seconds, measures nothing
+    python bench.py                   # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (about 3 minutes on 2 cores)
+    python bench.py --batch_size 32   # GPU: GPT-2 124M at T=1024, compile + bf16
+    python bench.py --quick           # a tiny model, no compile: runs every path in seconds, measures nothing
 
-  train      one optimizer step of our GPT (torch.compile, bf16 autocast, fused AdamW) against transformers'
-             GPT2LMHeadModel of the same dims (eager, the same autocast, fused AdamW): tokens/s and MFU
-  generate   sample.generate at batch 1 (GPT-2 124M dims unless --generate_model) with the KV cache against
-             recomputing the whole context for every token
-  hellaswag  hellaswag.evaluate with 16 examples per forward against the usual scoring, one example per
-             forward with the logits of every position (and, in the notes, ours at one example per forward)
-  fineweb    fineweb.py end to end (its process pool) against one process calling encode_ordinary in a loop,
-             and (in the notes) num_proc such loops side by side on their share of the documents: the
-             most that num_proc processes can give on this machine
+  train      our optimizer step (compile, autocast, fused AdamW) vs transformers' GPT2LMHeadModel, eager: tok/s, MFU
+  generate   sample.generate at batch 1 with the KV cache vs recomputing the context for every token
+  hellaswag  hellaswag.evaluate, 16 examples per forward, vs one example per forward with every position's logits
+  fineweb    fineweb.py's process pool vs one process calling encode_ordinary in a loop (and num_proc such loops
+             side by side: the cores' ceiling)
 
-Each side is warmed up, then the sides are timed alternately (ABAB...: a shared machine's speed drifts from one
-minute to the next); the medians are printed as a table and, last, one JSON object holding every figure. The data
-comes from hellaswag/ beside hellaswag.py (downloaded if missing) and tinyshakespeare/input.txt (python fineweb.py
---dataset tinyshakespeare), or --hellaswag_dir and --text. An unset flag takes its default from QUICK (--quick),
-PER_DEVICE, then ALL, below.
+The sides are warmed up, then timed alternately (a shared machine's speed drifts); medians are printed as a
+table, then one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded if missing) and
+tinyshakespeare/input.txt (python fineweb.py --dataset tinyshakespeare), or --hellaswag_dir and --text.
+An unset flag takes its default from QUICK (--quick), then PER_DEVICE, then ALL, below.
 """
 
 import argparse
@@ -50,7 +44,6 @@ from sample import generate
 from train_gpt2 import (GPT2_VOCAB_SIZE, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPT, ArgumentParser, GPTConfig, InputError, TrainConfig,
                         add_flags, check_at_least, check_model_config, gpt2_tokenizer, make_autocast, make_model_config, peak_flops, pick_device)
 
-BENCHMARKS = ["train", "generate", "hellaswag", "fineweb"]
 # defaults of the flags left unset; the first tier that names a flag wins (--quick, then the device, then all)
 QUICK = dict(model="micro", n_layer=1, batch_size=2, seq_len=32, compile=False, repeats=2, matmul_size=512,
              generate_model="micro", new_tokens=8, hellaswag_n=8, hellaswag_batch=4, fineweb_docs=40)
@@ -87,6 +80,14 @@ def interleaved(runs, repeats, device, warmup=1):
             seconds[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in seconds.items()}, results
 
+def compare(runs, repeats, device, amount, unit, warmup=1):
+    """interleaved, as figures: `amount` (of tokens, examples) per second of each run, `{name}_{unit}_per_s`, and
+    `ratio`, the first run's speed over the second's; also what each run returned last."""
+    seconds, results = interleaved(runs, repeats, device, warmup)
+    figures = {f"{name}_{unit}_per_s": amount / s for name, s in seconds.items()}
+    first, second = list(runs)[:2]
+    return figures | {"ratio": figures[f"{first}_{unit}_per_s"] / figures[f"{second}_{unit}_per_s"]}, results
+
 def si(x, unit):
     """3 significant digits with a k/M/G/T prefix: 2,310 -> '2.31k tok/s'."""
     prefix, scale = next(((p, s) for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(x) >= s), ("", 1))
@@ -94,20 +95,23 @@ def si(x, unit):
 
 def report(row, ours, baseline, ratio, notes):
     """One line of the table: what the benchmark measured, ours against the baseline."""
-    print(f"{row:<12}| {ours:<28}| {baseline:<34}| {ratio:.2f}x | {notes}", flush=True)
+    print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
 
 def agreement(same, bf16, what):
     # in float32 both sides must agree exactly; bf16 rounds two shapes differently, so a near tie can go either way
-    return "same " + what if same else f"{'' if bf16 else 'WARNING: '}{what} differ{' (bf16 rounds the two paths differently)' if bf16 else ''}"
+    return f"same {what}" if same else f"{what} differ (bf16 rounds the sides differently)" if bf16 else f"WARNING: {what} differ"
 
-def decisive(model):
-    """Redraw the weights far wider than the 0.02 init. With that init every logit is nearly equal, and
-    two exact paths that round differently would pick different tokens or endings; speed is the same."""
+def eager_model(dims, args, device):
+    """An eager GPT with room for every generated token (no sliding window), its weights drawn far wider than
+    the 0.02 init: with that init every logit is nearly equal, and two exact paths that round differently would
+    pick different tokens or endings. The speed is the same."""
+    torch.manual_seed(args.seed)
+    model = GPT(GPTConfig(**{**dims, "block_size": max(1024, PROMPT_TOKENS + args.new_tokens)}))
     with torch.no_grad():
         for name, p in model.named_parameters():
             gain = "ln_" in name and name.endswith(".weight")  # LayerNorm gains stay near 1
             p.normal_(1.0 if gain else 0.0, 0.1 if gain else 0.3)
-    return model
+    return model.to(device).eval()
 
 # -----------------------------------------------------------------------------
 # the benchmarks: each prints its row and returns a dict of figures
@@ -124,10 +128,9 @@ def bench_matmul(n, device, repeats):
            figures["bf16_flops"] / figures["fp32_flops"], f"{n}^3, measured")
     return figures
 
-def train_step(loss_fn, optimizer, params, batches, autocast):
+def train_step(loss_fn, model, batches, autocast):
     """One optimizer step per call, on the next of the batches (cycled): a training step as train_gpt2.py takes it."""
-    batches = itertools.cycle(batches)
-
+    batches, optimizer, params = itertools.cycle(batches), GPT.configure_optimizers(model, 0.1, 6e-4, next(model.parameters()).device.type), list(model.parameters())
     def step():
         x, y = next(batches)
         with autocast:
@@ -136,45 +139,41 @@ def train_step(loss_fn, optimizer, params, batches, autocast):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
     return step
 
-def bench_train(args, device, autocast, bf16, datasheet_peak):
+def bench_train(args, device, autocast, bf16):
     from transformers import GPT2LMHeadModel
 
     B, T = args.batch_size, args.seq_len
     torch.manual_seed(args.seed)
     ours = GPT(args.model_config).to(device)
     compiled = torch.compile(ours) if args.compile else ours
-    # the same architecture in transformers, the same SDPA attention kernel, eager; the same optimizer groups
-    # (configure_optimizers reads only the parameters' shapes)
+    # the same architecture in transformers, the same SDPA attention kernel, eager, the same optimizer groups
+    # (configure_optimizers reads only the parameters' shapes), the same batches; HF gets our loss on its
+    # logits, as its own loss would shift the targets again
     hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
-    # both models get the same batches, and HF our loss on its logits: its own loss shifts the targets again
     tokens = torch.randint(GPT2_VOCAB_SIZE, (4, B, T + 1), generator=torch.Generator().manual_seed(args.seed)).to(device)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
-    runs = {
-        "ours": train_step(lambda x, y: compiled(x, y)[1], GPT.configure_optimizers(ours, 0.1, 6e-4, device.type), list(ours.parameters()), batches, autocast),
-        "hf": train_step(hf_loss, GPT.configure_optimizers(hf, 0.1, 6e-4, device.type), list(hf.parameters()), batches, autocast),
-        # the MFU denominator, timed between the steps: a CPU's speed drifts, and a peak measured minutes
-        # apart from the steps would credit or blame them for the drift
-        "peak": matmul(args.matmul_size, device, torch.bfloat16 if bf16 else torch.float32),
-    }
+    runs = {"ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast), "hf": train_step(hf_loss, hf, batches, autocast),
+            # the MFU denominator, timed between the steps: a CPU's speed drifts, and a peak measured minutes
+            # apart from the steps would credit or blame them for the drift
+            "peak": matmul(args.matmul_size, device, torch.bfloat16 if bf16 else torch.float32)}
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
-    seconds, _ = interleaved(runs, args.repeats, device, warmup=2)
-    measured_peak = 2 * args.matmul_size**3 / seconds.pop("peak")
+    figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
+    measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
+    # the MFU denominator: the datasheet peak where we know the GPU, else the matmul timed among the steps
+    datasheet_peak = peak_flops(device) if bf16 else None
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
-    figures = {"flops_per_token": flops_per_token, "peak_flops": peak, "measured_peak_flops": measured_peak}
-    for name, s in seconds.items():
-        figures[f"{name}_tokens_per_s"] = B * T / s
-        figures[f"{name}_mfu"] = flops_per_token * B * T / s / peak
-    figures["ratio"] = figures["ours_tokens_per_s"] / figures["hf_tokens_per_s"]
+    figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak,
+                   **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
     source = f"{'bf16' if bf16 else 'fp32'} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
     report("train step", si(figures["ours_tokens_per_s"], "tok/s"), si(figures["hf_tokens_per_s"], "tok/s") + " (HF)", figures["ratio"],
            f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})")
     return figures
 
-def bench_generate(args, model, device, autocast, bf16):
+def bench_generate(args, device, autocast, bf16):
+    model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)  # as sample.py is used
     prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     def run(use_kv_cache, new_tokens):
@@ -185,12 +184,9 @@ def bench_generate(args, model, device, autocast, bf16):
     for use_kv_cache in (True, False):
         run(use_kv_cache, 16)  # warm-up: the first forward of a shape sets its kernels up
     runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
-    seconds, out = interleaved(runs, (args.repeats + 1) // 2, device, warmup=0)  # half: each run is many forwards
-    figures = {f"{name}_tokens_per_s": args.new_tokens / s for name, s in seconds.items()}
-    figures["ratio"] = figures["cache_tokens_per_s"] / figures["no_cache_tokens_per_s"]
+    figures, out = compare(runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0)  # half: many forwards each
     differ = (out["cache"] != out["no_cache"])[0, PROMPT_TOKENS:].nonzero()  # greedy: the same tokens, in float32
-    figures["same_tokens"] = len(differ) == 0
-    figures["agreeing_tokens"] = differ[0].item() if len(differ) else args.new_tokens  # before the first difference
+    figures.update(same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens)  # before the first difference
     report("generate", si(figures["cache_tokens_per_s"], "tok/s") + " (KV cache)", si(figures["no_cache_tokens_per_s"], "tok/s") + " (no cache)",
            figures["ratio"], f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
            + agreement(figures["same_tokens"], bf16, f"tokens (the first {figures['agreeing_tokens']} agree)"))
@@ -215,25 +211,22 @@ def reference_hellaswag(model, examples, block_size, device, autocast):
         correct_norm += ((losses * scored).sum(1) / scored.sum(1)).argmin().item() == label
     return len(examples), correct_norm
 
-def bench_hellaswag(args, model, device, autocast, bf16):
-    examples = hellaswag.load_examples(args.hellaswag_dir, "val", args.hellaswag_n)
-    block_size = model.config.block_size
+def bench_hellaswag(args, device, autocast, bf16):
+    model = eager_model(vars(args.model_config), args, device)
+    examples, block_size = hellaswag.load_examples(args.hellaswag_dir, "val", args.hellaswag_n), model.config.block_size
     evaluate = lambda batch_size, examples=examples: hellaswag.evaluate(model, examples, block_size, device, autocast, batch_size)[::2]
     for batch_size in (args.hellaswag_batch, 1):  # warm-up, on one batch
         evaluate(batch_size, examples[: args.hellaswag_batch])
     reference_hellaswag(model, examples[:2], block_size, device, autocast)
-    runs = {"batched": lambda: evaluate(args.hellaswag_batch), "single": lambda: evaluate(1),
-            "reference": lambda: reference_hellaswag(model, examples, block_size, device, autocast)}
-    seconds, counts = interleaved(runs, (args.repeats + 1) // 2, device, warmup=0)  # (n, correct_norm) each
-    figures = {f"{name}_examples_per_s": len(examples) / s for name, s in seconds.items()}
-    figures.update(ratio=figures["batched_examples_per_s"] / figures["reference_examples_per_s"], n=len(examples))
-    figures.update({f"{name}_acc_norm": correct_norm / n for name, (n, correct_norm) in counts.items()})  # random weights: a check
+    runs = {"batched": lambda: evaluate(args.hellaswag_batch), "reference": lambda: reference_hellaswag(model, examples, block_size, device, autocast),
+            "single": lambda: evaluate(1)}
+    figures, counts = compare(runs, (args.repeats + 1) // 2, device, len(examples), "examples", warmup=0)  # (n, correct_norm) each
+    figures.update(n=len(examples), **{f"{name}_acc_norm": correct_norm / n for name, (n, correct_norm) in counts.items()})  # random weights: a check
     # neither batching nor scoring the ending tokens alone may change a prediction
     figures["same_counts"] = counts["batched"] == counts["single"] == counts["reference"]
     report("hellaswag", si(figures["batched_examples_per_s"], "ex/s") + f" ({args.hellaswag_batch}/forward)",
            si(figures["reference_examples_per_s"], "ex/s") + " (1/forward, all logits)", figures["ratio"],
-           f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; "
-           + agreement(figures["same_counts"], bf16, "counts"))
+           f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; " + agreement(figures["same_counts"], bf16, "counts"))
     return figures
 
 def shakespeare_documents(path, n_docs, seed):
@@ -252,9 +245,8 @@ def shakespeare_documents(path, n_docs, seed):
                 current = []
     return docs
 
-def bench_fineweb(args, device):
-    docs = shakespeare_documents(args.text, args.fineweb_docs, args.seed)
-    enc = gpt2_tokenizer()
+def bench_fineweb(args, device, autocast, bf16):
+    docs, enc = shakespeare_documents(args.text, args.fineweb_docs, args.seed), gpt2_tokenizer()
     with tempfile.TemporaryDirectory(prefix="bench_fineweb_") as tmp:
         corpus, runs_so_far = Path(tmp) / "corpus.jsonl", itertools.count()
         corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs), encoding="utf-8")
@@ -279,16 +271,16 @@ def bench_fineweb(args, device):
                 p.join()
             assert all(p.exitcode == 0 for p in loops), "a tokenizer loop failed"
 
-        runs = {"pool": pool, "loop": loop, **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {})}
-        seconds, tokens = interleaved(runs, args.repeats, device)
-    assert tokens["pool"] == tokens["loop"], f"fineweb.py wrote {tokens['pool']} tokens, the loop counted {tokens['loop']}"
-    figures = {f"{name}_tokens_per_s": tokens["loop"] / s for name, s in seconds.items()}
-    figures.update({f"{name}_ratio" if name != "pool" else "ratio": figures[f"{name}_tokens_per_s"] / figures["loop_tokens_per_s"]
-                    for name in seconds if name != "loop"})
-    figures.update(tokens=tokens["loop"], documents=len(docs), num_proc=args.num_proc)
-    ceiling_note = f"; {args.num_proc} loops side by side, the cores' ceiling: {figures['ceiling_ratio']:.2f}x" if "ceiling" in seconds else ""
+        runs = {"pool": pool, "loop": loop, **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {})}  # not on Windows
+        n_tokens = loop()
+        figures, tokens = compare(runs, args.repeats, device, n_tokens, "tokens")
+    assert tokens["pool"] == n_tokens, f"fineweb.py wrote {tokens['pool']} tokens, the loop counted {n_tokens}"
+    figures.update(tokens=n_tokens, documents=len(docs), num_proc=args.num_proc)
+    if "ceiling" in runs:
+        figures["ceiling_ratio"] = figures["ceiling_tokens_per_s"] / figures["loop_tokens_per_s"]
     report("fineweb", si(figures["pool_tokens_per_s"], "tok/s") + f" ({args.num_proc} proc)", si(figures["loop_tokens_per_s"], "tok/s") + " (loop)",
-           figures["ratio"], f"{len(docs):,} documents, {tokens['loop']:,} tokens" + ceiling_note)
+           figures["ratio"], f"{len(docs):,} documents, {n_tokens:,} tokens" + (f"; {args.num_proc} loops side by side, the cores' ceiling: "
+                                                                              f"{figures['ceiling_ratio']:.2f}x" if "ceiling" in runs else ""))
     return figures
 
 # -----------------------------------------------------------------------------
@@ -306,34 +298,33 @@ def machine(device, load_at_start):
 
 def benchmark_list(value):
     names = value.split(",")
-    if unknown := [n for n in names if n not in BENCHMARKS]:
-        raise argparse.ArgumentTypeError(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHMARKS)}")
+    if unknown := [n for n in names if n not in BENCHES]:
+        raise argparse.ArgumentTypeError(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
     return names
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--only", type=benchmark_list, default=BENCHMARKS, help="comma-separated benchmarks to run")
+    parser.add_argument("--only", type=benchmark_list, default=list(BENCHES), help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given")
-    # the model and its step are train_gpt2.py's flags, with the tiers above as their defaults
-    add_flags(parser, TrainConfig, ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"])
-    parser.set_defaults(model=None, batch_size=None, seq_len=None)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark (default: on)")
-    parser.add_argument("--repeats", type=int, help="timed runs of each side, median reported; generate and hellaswag take half, rounded up (default: 5 on CPU, 10 on GPU)")
-    parser.add_argument("--matmul_size", type=int, help="n of the n^3 matmul that measures the peak (default: 2048 on CPU, 8192 on GPU)")
-    parser.add_argument("--generate_model", choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark (default: gpt2, as sample.py is used)")
-    parser.add_argument("--new_tokens", type=int, help="tokens to generate (default: 256)")
-    parser.add_argument("--hellaswag_n", type=int, help="the first N HellaSwag val examples (default: 100)")
-    parser.add_argument("--hellaswag_batch", type=int, help="examples per forward of the batched side (default: 16)")
+    add_flags(parser, TrainConfig, ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"])  # train_gpt2.py's
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark")
+    parser.add_argument("--repeats", type=int, help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)")
+    parser.add_argument("--matmul_size", type=int, help="n of the n^3 matmul that measures the peak")
+    parser.add_argument("--generate_model", choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark")
+    parser.add_argument("--new_tokens", type=int, help="tokens to generate")
+    parser.add_argument("--hellaswag_n", type=int, help="the first N HellaSwag val examples")
+    parser.add_argument("--hellaswag_batch", type=int, help="examples per forward of the batched side")
     parser.add_argument("--hellaswag_dir", default=str(hellaswag.DATA_DIR), help="folder holding hellaswag_val.jsonl, downloaded there if missing")
-    parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize (default: 12000, about 15M tokens)")
+    parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize")
     parser.add_argument("--text", default=str(Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"), help="text cut into those documents")
-    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="fineweb.py's --num_proc (all cores)")
+    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="fineweb.py's --num_proc")
+    # the tiers are the defaults: those of the device (and of --quick) that the first parse finds
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--device", default="auto"), first.add_argument("--quick", action="store_true")
+    first, _ = first.parse_known_args(argv)
+    on_gpu = first.device.startswith("cuda") or (first.device == "auto" and torch.cuda.is_available())
+    parser.set_defaults(**{"seq_len": None, **ALL, **PER_DEVICE["cuda" if on_gpu else "cpu"], **(QUICK if first.quick else {})})
     args = parser.parse_args(argv)
-    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    tiers = ([QUICK] if args.quick else []) + [PER_DEVICE["cuda" if on_gpu else "cpu"], ALL]
-    for name in vars(args):
-        if getattr(args, name) is None:
-            setattr(args, name, next((tier[name] for tier in tiers if name in tier), None))
     check_at_least(parser, args, 1, ["n_layer", "n_head", "n_embd", "batch_size", "seq_len", "repeats", "matmul_size", "new_tokens",
                                      "hellaswag_n", "hellaswag_batch", "fineweb_docs", "num_proc"])
     args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
@@ -341,46 +332,28 @@ def parse_args(argv=None):
     check_model_config(parser, args.model_config, args)
     return args
 
-def run(args):
+BENCHES = {"train": bench_train, "generate": bench_generate, "hellaswag": bench_hellaswag, "fineweb": bench_fineweb}
+
+def main(argv=None):
     t_start, load_at_start = time.perf_counter(), os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    device = pick_device(args.device)
-    autocast, bf16 = make_autocast(args.dtype, device)
+    args = parse_args(argv)
     c = args.model_config
-    print(f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
-          f"{'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n")
-    report("benchmark", "ours", "baseline", 1.0, "notes")
-
-    # eager models with room for every generated token (no sliding window): the train dims for HellaSwag,
-    # and --generate_model (GPT-2 124M unless told) for generation, as sample.py is used
-    def eager_model(dims):
-        torch.manual_seed(args.seed)
-        return decisive(GPT(GPTConfig(**{**dims, "block_size": max(1024, PROMPT_TOKENS + args.new_tokens)}))).to(device).eval()
-
-    results = {"peak": bench_matmul(args.matmul_size, device, args.repeats)}
-    # the MFU denominator: the datasheet peak where we know the GPU, else the matmul timed among the train steps
-    datasheet = peak_flops(device) if bf16 else None
-    for name in args.only:
-        if name == "train":
-            results[name] = bench_train(args, device, autocast, bf16, datasheet)
-        elif name == "generate":
-            results[name] = bench_generate(args, eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}), device, autocast, bf16)
-        elif name == "hellaswag":
-            results[name] = bench_hellaswag(args, eager_model(vars(c)), device, autocast, bf16)
-        elif name == "fineweb":
-            results[name] = bench_fineweb(args, device)
+    try:
+        device = pick_device(args.device)
+        autocast, bf16 = make_autocast(args.dtype, device)
+        print(f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
+              f"{'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n")
+        report("benchmark", "ours", "baseline", None, "notes")
+        results = {"peak": bench_matmul(args.matmul_size, device, args.repeats)}
+        results |= {name: BENCHES[name](args, device, autocast, bf16) for name in args.only}
+    except InputError as e:
+        raise SystemExit(str(e))
     info = machine(device, load_at_start)
     load = f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end" if load_at_start is not None else ""
     print(f"\n{info['name']} ({info['device']}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, "
           f"torch {info['torch']}, Python {info['python']}, {info['date']}")
     config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len, "bf16": bf16, "compile": args.compile, "repeats": args.repeats}
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        raise SystemExit(str(e))
 
 if __name__ == "__main__":
     main()

@@ -16,14 +16,14 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import GPT2Config, GPT2LMHeadModel
-
 from train_gpt2 import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, ArgumentParser, InputError, gpt2_tokenizer
 
 
 def hf_config(config, vocab_size=None, **kwargs):
     """transformers' GPT2Config with our dims and no dropout: we train without it, so an exported model computes
     the same function (and bench.py's Hugging Face baseline does the same work)."""
+    from transformers import GPT2Config  # slow to import (seconds): only once the inputs are known to be good
+
     return GPT2Config(vocab_size=vocab_size or config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
                       n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kwargs)
 
@@ -62,6 +62,8 @@ def export_hf(model, out_dir):
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir} already exists and is not empty: choose a new folder for the export")
     files = gpt2_tokenizer_files(gpt2_tokenizer())  # before anything is written: offline, the tokenizer may be missing
+    from transformers import GPT2LMHeadModel
+
     n_vocab = min(model.config.vocab_size, GPT2_VOCAB_SIZE)
     hf = GPT2LMHeadModel(hf_config(model.config, vocab_size=n_vocab))
     state = {k: (v.t() if k.endswith(HF_TRANSPOSED) else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}

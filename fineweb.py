@@ -16,9 +16,11 @@ the input, so the run continues from there and ends with the same files as an un
 """
 import argparse
 import glob
+import http.client
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 import urllib.request
@@ -34,6 +36,11 @@ FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 EOT = 50256  # <|endoftext|> opens every document: it tells the model that a new, unrelated text begins
 MANIFEST = "manifest.json"
+DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: offline, fail fast instead of hanging
+
+# No torch here, and so nothing from train_gpt2.py, which imports it: every tokenizer process would load it for
+# nothing (spawned ones import this file anew). What this file shares with the others is therefore its own:
+# the one-line flag errors (Parser), InputError and the EOT id.
 
 
 class InputError(Exception):
@@ -136,8 +143,9 @@ def download(url, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         try:
-            urllib.request.urlretrieve(url, tmp)
-        except OSError as e:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except (OSError, http.client.HTTPException) as e:
             tmp.unlink(missing_ok=True)
             if made:  # a failed download leaves no trace, not even an empty folder
                 path.parent.rmdir()

@@ -238,22 +238,18 @@ def parse_args(argv=None):
     return args
 
 
-def score(args):
-    device = pick_device(args.device)
-    autocast, bf16 = make_autocast(args.dtype, device)
-    examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
-    model, block_size = load_model(args.model_type, args.checkpoint, device)
-    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {'bfloat16 autocast' if bf16 else 'float32'}")
-    n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
-    print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
-        score(args)
+        device = pick_device(args.device)
+        examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
+        model, block_size = load_model(args.model_type, args.checkpoint, device)
     except InputError as e:
         raise SystemExit(str(e))
+    autocast, bf16 = make_autocast(args.dtype, device)
+    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {'bfloat16 autocast' if bf16 else 'float32'}")
+    n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
+    print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
 
 
 if __name__ == "__main__":

@@ -93,11 +93,14 @@ def parse_args(argv=None):
     return args
 
 
-def sample(args):
-    device = pick_device(args.device)
-    enc = gpt2_tokenizer()  # before the weights: a missing tokenizer should not wait for gpt2-xl to load
-    tokens = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
-    model = GPT.from_pretrained(args.init_from) if args.init_from else GPT.from_checkpoint(args.checkpoint, device)
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        enc = gpt2_tokenizer()  # before the weights: a missing tokenizer should not wait for gpt2-xl to load
+        model = GPT.from_pretrained(args.init_from) if args.init_from else GPT.from_checkpoint(args.checkpoint, device)
+    except InputError as e:
+        raise SystemExit(str(e))
     model.to(device).eval()
     if args.compile:
         # decoding runs hidden_states (and lm_head at one position), not forward; dynamic shapes, because the
@@ -105,7 +108,7 @@ def sample(args):
         model.hidden_states = torch.compile(model.hidden_states, dynamic=True)
     autocast, _ = make_autocast(args.dtype, device)
 
-    block_size = model.config.block_size
+    tokens, block_size = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}), model.config.block_size
     if len(tokens) > block_size:
         print(f"the prompt is {len(tokens)} tokens, more than the model's context: keeping its last {block_size}", file=sys.stderr)
         tokens = tokens[-block_size:]
@@ -127,14 +130,6 @@ def sample(args):
         for i, row in enumerate(run().tolist()):
             print(f"--- sample {i + 1} of {args.num_samples} ---")
             print(prompt + enc.decode(row[idx.size(1) :]))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        sample(args)
-    except InputError as e:
-        raise SystemExit(str(e))
 
 
 if __name__ == "__main__":

@@ -35,16 +35,14 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkp
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 class InputError(Exception):
-    """Something the user can fix (a flag, a file, the data, a diverging learning rate). The message says
-    what is wrong and what to do. Library code raises it, so a notebook survives it; each script's main()
-    turns it into one line on stderr and exit status 1."""
+    """Something the user can fix (a flag, a file, the data, a diverging run): the message says what is wrong and what
+    to do. Library code raises it, so a notebook survives it; each script's main() prints it as one line, exit status 1."""
 
 def first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 # -----------------------------------------------------------------------------
 # the model
-
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, in tokens (learned position embeddings)
@@ -52,7 +50,6 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-
 
 # architecture presets: OpenAI's four GPT-2 sizes, plus small ones that train in minutes on a laptop CPU
 MODEL_PRESETS = {
@@ -82,11 +79,8 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         # a single new query sees every cached key; a block of queries needs the causal mask. A branch, not
-        # is_causal=T > 1: compiled with dynamic shapes (sample.py --compile) T is symbolic, is_causal a plain bool
-        if T > 1:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash attention where available
-        else:
-            y = F.scaled_dot_product_attention(q, k, v)
+        # is_causal=T > 1: compiled with dynamic shapes (sample.py --compile), T > 1 is symbolic, not the bool SDPA takes
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) if T > 1 else F.scaled_dot_product_attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -221,16 +215,13 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, device_type):
         # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 def gpt2_tokenizer():
-    """tiktoken's GPT-2 BPE. Its files download once into tiktoken's cache; offline, TIKTOKEN_CACHE_DIR
-    must point at a folder that holds them."""
+    """tiktoken's GPT-2 BPE: its files download once into tiktoken's cache (offline: TIKTOKEN_CACHE_DIR)."""
     import tiktoken
 
     try:
@@ -240,7 +231,6 @@ def gpt2_tokenizer():
 
 # -----------------------------------------------------------------------------
 # data: uint16 token shards written by fineweb.py
-
 def load_shard(path):
     """Memory-map one shard, refusing anything but a 1-D uint16 array of GPT-2 token ids."""
     try:
@@ -257,13 +247,10 @@ def load_shard(path):
     return tokens
 
 class DataLoaderLite:
-    """
-    Batches of (B, T) tokens from the shards of one split, read as one endless stream: the split's
-    shards end to end, epoch after epoch (train shards in a new seeded order each epoch). Every
-    micro-step consumes B·T·world_size tokens and rank r reads the r-th B·T slice of them (+1 token for
-    the last target), so one rank accumulating k micro-steps sees exactly the tokens of k ranks.
-    """
-
+    """Batches of (B, T) tokens from the shards of one split, read as one endless stream: the split's shards end
+    to end, epoch after epoch (train shards in a new seeded order each epoch). Every micro-step consumes B·T·world_size
+    tokens and rank r reads the r-th B·T slice of them (+1 token for the last target), so one rank accumulating
+    k micro-steps sees exactly the tokens of k ranks."""
     def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0):
         self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
         self.shuffle, self.seed = shuffle, seed
@@ -316,7 +303,6 @@ class DataLoaderLite:
 
 # -----------------------------------------------------------------------------
 # the command line, and the device and precision it asks for (every script's --device and --dtype)
-
 def device_name(value):
     """argparse type of every script's --device flag."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
@@ -347,11 +333,10 @@ def pick_device(name, local_rank=0):
 def make_autocast(dtype, device):
     """(autocast context, bf16) for --dtype on device: bfloat16 where asked or, with auto, where the hardware
     has it natively (CUDA GPUs; CPUs with AVX-512 bf16 or AMX); else a disabled context, float32."""
-    if dtype != "auto":
-        bf16 = dtype == "bfloat16"
-    elif device.type == "cuda":
+    bf16 = dtype == "bfloat16"
+    if dtype == "auto" and device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
-    else:
+    elif dtype == "auto":
         bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls left outside autocast
@@ -362,14 +347,11 @@ def make_autocast(dtype, device):
 GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
 
 def peak_flops(device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps the usage examples as written and shows each flag's default, unless its help explains it."""
-
     def _get_help_string(self, action):
         if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in action.help:
             return action.help
@@ -377,7 +359,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
-
     def __init__(self, **kwargs):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
 
@@ -388,8 +369,7 @@ def flag(default, help, **kwargs):
     return field(default=default, metadata=dict(help=help, **kwargs))
 
 def add_flags(parser, config_class, names=None):
-    """A --flag for each field of a config dataclass (or each of `names`), typed by its annotation; booleans
-    take --flag / --no-flag."""
+    """A --flag for each field of a config dataclass (or each of `names`), typed by its annotation; --no-flag for booleans."""
     hints = typing.get_type_hints(config_class)
     for f in dataclasses.fields(config_class):
         if names is None or f.name in names:
@@ -403,7 +383,6 @@ def add_flags(parser, config_class, names=None):
 
 # -----------------------------------------------------------------------------
 # training configuration: its fields are the command-line flags
-
 @dataclass
 class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
@@ -481,7 +460,6 @@ def get_lr(step, cfg):
 
 # -----------------------------------------------------------------------------
 # checkpoints: <log_dir>/model_<step:05d>.pt holds the state after `step` optimizer steps
-
 def checkpoint_paths(log_dir):
     """Complete checkpoints in log_dir, oldest first (temporary files never match)."""
     found = [(int(m.group(1)), p) for p in Path(log_dir).glob("model_*.pt") if (m := re.fullmatch(r"model_(\d+)\.pt", p.name))]
@@ -503,18 +481,18 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
         raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
-def training_state(step, val_loss, model, optimizer, train_loader, device, cfg, wandb_run_id):
-    """What a checkpoint holds: everything that continues the run exactly, restore_training_state's inverse.
-    `args` and `wandb_run_id` are notes: a resume names the flags that changed and goes on in the same wandb run."""
+def training_state(step, val_loss, model, optimizer, train_loader, device, cfg, wandb_run):
+    """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes."""
     return {"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
             "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run_id}
+            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run and wandb_run.id}
 
 RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
 
-def restore_training_state(path, checkpoint, model, optimizer, train_loader, device, local_rank):
-    """Put a checkpoint's state back into a freshly built model, optimizer and loader; returns (step, val_loss)."""
+def restore_training_state(path, checkpoint, model, optimizer, train_loader, device, local_rank, cfg, log):
+    """Put a checkpoint's state back into a freshly built model, optimizer and loader; returns (step, val_loss).
+    Changed training flags are legitimate (a longer --max_steps extends a run) but named: the schedule changes."""
     if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
         raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
     if checkpoint["config"] != dataclasses.asdict(model.config):
@@ -528,6 +506,10 @@ def restore_training_state(path, checkpoint, model, optimizer, train_loader, dev
     torch.set_rng_state(checkpoint["rng"]["cpu"])
     if device.type == "cuda" and checkpoint["rng"]["cuda"]:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
+    log(f"resuming from {path} at step {checkpoint['step']}")
+    saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
+    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir") and getattr(cfg, k, v) != v]:
+        log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
     return checkpoint["step"], checkpoint["val_loss"]
 
 def checkpoint_to_resume(log_dir, resume, log):
@@ -551,13 +533,18 @@ def checkpoint_to_resume(log_dir, resume, log):
 
 class RunLog:
     """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
-    `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), and with
-    --wandb the same values plus each step's metrics."""
-
-    def __init__(self, log_dir, resumed_step, wandb=None, cfg=None, wandb_id=None):
-        self.path = self.wandb_run = None
+    `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
+    after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
+    def __init__(self, log_dir, checkpoint, cfg):
+        self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
         if log_dir is None:
             return
+        if cfg.wandb:  # before anything is written
+            try:
+                import wandb  # only with --wandb: it is optional and slow to import
+            except ImportError:
+                raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
+        resumed_step = checkpoint["step"] if checkpoint is not None else None
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # no permission, or under a read-only path such as /proc
@@ -572,8 +559,17 @@ class RunLog:
             tmp = self.path.with_name("log.txt.tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, self.path)
-        if wandb is not None:  # a resumed run goes on in the same wandb run, which drops the steps it already has
-            self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir, config=dataclasses.asdict(cfg))
+        # a resumed run goes on in the same wandb run, which drops the steps it already has
+        wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
+        self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir,
+                                    config=dataclasses.asdict(cfg)) if cfg.wandb else None
+        try:
+            import matplotlib  # noqa: F401  (optional)
+            from plot import plot_run  # a sibling script: imported where it is used, so that imports run one way
+
+            self.plot_run = plot_run
+        except ImportError:
+            print("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
     def event(self, step, kind, value):
         if self.path is None:
@@ -589,20 +585,21 @@ class RunLog:
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
 
+    def plot(self):
+        if self.plot_run is not None:
+            self.plot_run(self.log_dir)
+
 # -----------------------------------------------------------------------------
 # the training script: setup in named steps, then the loop
-
 def setup_distributed(device_name):
-    """(rank, local_rank, world_size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE: then each process
-    joins the group (NCCL on GPUs, gloo on CPUs) on its own device; without them this is one process."""
+    """(rank, local_rank, world_size, device): under torchrun (RANK, LOCAL_RANK, WORLD_SIZE set) in the process group."""
     ddp = "RANK" in os.environ
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if ddp:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    if ddp:  # NCCL between GPUs, gloo between CPU processes
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     return rank, local_rank, world_size, device
 
 def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
@@ -619,21 +616,6 @@ def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, au
     if world_size > 1:
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / (n_seqs * T)
-
-def import_wandb():
-    try:
-        import wandb  # only with --wandb: it is optional and slow to import
-
-        return wandb
-    except ImportError:
-        raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
-
-def flags_changed(saved_args, cfg):
-    """The training flags that differ from a checkpoint's: legitimate (a longer --max_steps extends a run),
-    but the schedule or the batches change with them, so a resume names them."""
-    saved_args = saved_args if isinstance(saved_args, dict) else {}  # another program's checkpoint: none
-    return [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items()
-            if k not in ("resume", "log_dir") and hasattr(cfg, k) and getattr(cfg, k) != v]
 
 def train(cfg):
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
@@ -654,7 +636,6 @@ def train(cfg):
     # everything that can refuse the run does so before anything is written
     log_dir = Path(cfg.log_dir)
     resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, log)
-    wandb = import_wandb() if cfg.wandb else None
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
     if enc:
         from sample import generate  # a sibling: imported where it is used, so that imports run one way
@@ -662,12 +643,6 @@ def train(cfg):
         import hellaswag
 
         hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
-    try:
-        import matplotlib  # noqa: F401  (optional: plot.py draws plot.png at every evaluation)
-        from plot import plot_run
-    except ImportError:
-        plot_run = None
-        log("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
     autocast, bf16 = make_autocast(cfg.dtype, device)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
@@ -679,12 +654,8 @@ def train(cfg):
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
     start_step, val_loss = 0, None
     if checkpoint is not None:
-        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, train_loader, device, local_rank)
-        log(f"resuming from {resume_path} at step {start_step}")
-        if changed := flags_changed(checkpoint.get("args"), cfg):
-            log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
-    wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
-    run_log = RunLog(log_dir if master else None, start_step if checkpoint is not None else None, wandb, cfg, wandb_id)
+        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, train_loader, device, local_rank, cfg, log)
+    run_log = RunLog(log_dir if master else None, checkpoint, cfg)
 
     log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {raw_model.config}")
     log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
@@ -708,11 +679,11 @@ def train(cfg):
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
             n, _, n_correct_norm = hellaswag.evaluate(raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
             run_log.event(step, "hella", n_correct_norm / n)
-        if master and plot_run and (due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval))):
-            plot_run(log_dir)
+        if due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval)):
+            run_log.plot()
         if master and step > 0 and due(cfg.checkpoint_interval):
-            wandb_id = run_log.wandb_run.id if run_log.wandb_run is not None else None
-            save_checkpoint(log_dir / f"model_{step:05d}.pt", training_state(step, val_loss, raw_model, optimizer, train_loader, device, cfg, wandb_id))
+            state = training_state(step, val_loss, raw_model, optimizer, train_loader, device, cfg, run_log.wandb_run)
+            save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
         if last_step:
             break
         if enc and step > 0 and due(cfg.sample_interval):

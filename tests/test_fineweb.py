@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,6 +258,17 @@ def test_download_goes_through_a_temporary_name_and_happens_once(tmp_path, share
     path = fineweb.download(source.as_uri(), tmp_path / "cache" / "input.txt")
     assert path.read_bytes() == source.read_bytes() and os.listdir(tmp_path / "cache") == ["input.txt"]
     assert fineweb.download((tmp_path / "gone.txt").as_uri(), path) == path  # cached: the url is not read again
+
+
+def test_download_from_a_server_that_never_answers_gives_up_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(fineweb, "DOWNLOAD_TIMEOUT", 0.5)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with socket.create_server(("127.0.0.1", 0)) as server:  # connections complete in its backlog, nothing is ever sent
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/input.txt"
+        start = time.monotonic()
+        with pytest.raises(fineweb.InputError, match="cannot download .*timed out"):
+            fineweb.download(url, tmp_path / "tinyshakespeare" / "input.txt")
+    assert time.monotonic() - start < 5 and not (tmp_path / "tinyshakespeare").exists()
 
 
 def test_help_lists_every_flag_with_its_default(run):

@@ -64,6 +64,15 @@ def test_from_pretrained_rejects_unknown_name():
         GPT.from_pretrained("gpt5-ultra")
 
 
+def test_from_checkpoint_on_a_damaged_file_raises_the_library_error(tmp_path):
+    # the library raises; only a script's main() ends the process (a notebook survives this)
+    (tmp_path / "model_00001.pt").write_bytes(b"PK\x03\x04 a zip header and nothing after it")
+    with pytest.raises(InputError, match="model_00001.pt cannot be loaded .*damaged"):
+        GPT.from_checkpoint(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        GPT.from_checkpoint(tmp_path / "model_00002.pt")
+
+
 def test_optimizer_decays_only_matrices_and_is_fused():
     model = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=32))
     opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, device_type="cpu")
