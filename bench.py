@@ -11,31 +11,18 @@ Our fast paths against their usual alternatives, each pair in one process on the
   fineweb    fineweb.py's process pool vs one process calling encode_ordinary in a loop (and num_proc such loops
              side by side: the cores' ceiling)
 
-The sides are warmed up, then timed alternately (a shared machine's speed drifts); medians are printed as a
-table, then one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded if missing) and
-tinyshakespeare/input.txt (python fineweb.py --dataset tinyshakespeare), or --hellaswag_dir and --text.
-An unset flag takes its default from QUICK (--quick), then PER_DEVICE, then ALL, below.
+The sides are warmed up, then timed alternately (a shared machine's speed drifts); the medians make a table, then
+one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded if missing) and tinyshakespeare/input.txt
+(python fineweb.py --dataset tinyshakespeare), or --hellaswag_dir and --text. Defaults: QUICK, PER_DEVICE, ALL below.
 """
 
-import argparse
-import contextlib
-import datetime
-import io
-import itertools
-import json
-import multiprocessing
-import os
-import platform
-import random
-import shutil
-import statistics
-import tempfile
-import time
+import argparse, contextlib, datetime, io, itertools, json, multiprocessing, os, platform, random, shutil, statistics, tempfile, time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+from transformers import GPT2LMHeadModel
 
 import fineweb
 import hellaswag
@@ -57,16 +44,12 @@ PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of 
 # -----------------------------------------------------------------------------
 # timing and reporting
 
-def sync(device):
-    # GPU kernels run asynchronously: a timer read before they finish measures only the launch
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+def sync(device):  # GPU kernels run asynchronously: a timer read before they finish measures only the launch
+    if device.type in ("cuda", "mps"):
+        torch.cuda.synchronize(device) if device.type == "cuda" else torch.mps.synchronize()
 
 def interleaved(runs, repeats, device, warmup=1):
-    """Median seconds of each of runs (name -> function), called alternately `repeats` times after
-    `warmup` untimed calls each; also the last value each returned, to check the sides agree."""
+    """Median seconds of each run (name -> function), called alternately after warm-up calls; and what each returned last."""
     results, seconds = {}, {name: [] for name in runs}
     for name, run in runs.items():
         for _ in range(warmup):
@@ -81,8 +64,7 @@ def interleaved(runs, repeats, device, warmup=1):
     return {name: statistics.median(s) for name, s in seconds.items()}, results
 
 def compare(runs, repeats, device, amount, unit, warmup=1):
-    """interleaved, as figures: `amount` (of tokens, examples) per second of each run, `{name}_{unit}_per_s`, and
-    `ratio`, the first run's speed over the second's; also what each run returned last."""
+    """interleaved as figures: `amount` per second of each run ({name}_{unit}_per_s), the first's over the second's (ratio)."""
     seconds, results = interleaved(runs, repeats, device, warmup)
     figures = {f"{name}_{unit}_per_s": amount / s for name, s in seconds.items()}
     first, second = list(runs)[:2]
@@ -93,8 +75,7 @@ def si(x, unit):
     prefix, scale = next(((p, s) for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(x) >= s), ("", 1))
     return f"{x / scale:.3g}{prefix} {unit}"
 
-def report(row, ours, baseline, ratio, notes):
-    """One line of the table: what the benchmark measured, ours against the baseline."""
+def report(row, ours, baseline, ratio, notes):  # one line of the table
     print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
 
 def agreement(same, bf16, what):
@@ -102,9 +83,8 @@ def agreement(same, bf16, what):
     return f"same {what}" if same else f"{what} differ (bf16 rounds the sides differently)" if bf16 else f"WARNING: {what} differ"
 
 def eager_model(dims, args, device):
-    """An eager GPT with room for every generated token (no sliding window), its weights drawn far wider than
-    the 0.02 init: with that init every logit is nearly equal, and two exact paths that round differently would
-    pick different tokens or endings. The speed is the same."""
+    """An eager GPT with room for every generated token (no sliding window), its weights far wider than the 0.02 init,
+    with which every logit is nearly equal and two exact paths that round differently pick other tokens or endings."""
     torch.manual_seed(args.seed)
     model = GPT(GPTConfig(**{**dims, "block_size": max(1024, PROMPT_TOKENS + args.new_tokens)}))
     with torch.no_grad():
@@ -116,8 +96,7 @@ def eager_model(dims, args, device):
 # -----------------------------------------------------------------------------
 # the benchmarks: each prints its row and returns a dict of figures
 
-def matmul(n, device, dtype):
-    """An n x n x n matmul (2 n^3 FLOPs) to time: the device's practical peak in that dtype."""
+def matmul(n, device, dtype):  # an n x n x n matmul, 2 n^3 FLOPs: the device's practical peak in that dtype
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return lambda: a @ b
 
@@ -142,28 +121,23 @@ def train_step(loss_fn, model, batches, autocast):
     return step
 
 def bench_train(args, device, autocast, bf16):
-    from transformers import GPT2LMHeadModel
-
     B, T = args.batch_size, args.seq_len
     torch.manual_seed(args.seed)
     ours = GPT(args.model_config).to(device)
     compiled = torch.compile(ours) if args.compile else ours
-    # the same architecture in transformers, the same SDPA attention kernel, eager, the same optimizer groups
-    # (configure_optimizers reads only the parameters' shapes), the same batches; HF gets our loss on its
-    # logits, as its own loss would shift the targets again
+    # transformers' GPT-2 of the same dims, eager, with the same attention kernel, optimizer groups and batches;
+    # it gets our loss on its logits, as its own loss would shift the targets again
     hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
     tokens = torch.randint(GPT2_VOCAB_SIZE, (4, B, T + 1), generator=torch.Generator().manual_seed(args.seed)).to(device)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
     runs = {"ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast), "hf": train_step(hf_loss, hf, batches, autocast),
-            # the MFU denominator, timed between the steps: a CPU's speed drifts, and a peak measured minutes
-            # apart from the steps would credit or blame them for the drift
+            # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
             "peak": matmul(args.matmul_size, device, torch.bfloat16 if bf16 else torch.float32)}
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
     figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
     measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
-    # the MFU denominator: the datasheet peak where we know the GPU, else the matmul timed among the steps
-    datasheet_peak = peak_flops(device) if bf16 else None
+    datasheet_peak = peak_flops(device) if bf16 else None  # known for a few GPUs: their dense bf16 peak
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
     figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak,
                    **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
@@ -175,12 +149,10 @@ def bench_train(args, device, autocast, bf16):
 def bench_generate(args, device, autocast, bf16):
     model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)  # as sample.py is used
     prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(device)
-
     def run(use_kv_cache, new_tokens):
         generator = torch.Generator(device=device).manual_seed(args.seed)  # a fresh one per call: both paths sample alike
         with autocast:
             return generate(model, prompt, new_tokens, top_k=1, generator=generator, use_kv_cache=use_kv_cache)
-
     for use_kv_cache in (True, False):
         run(use_kv_cache, 16)  # warm-up: the first forward of a shape sets its kernels up
     runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
@@ -194,8 +166,7 @@ def bench_generate(args, device, autocast, bf16):
 
 @torch.no_grad()
 def reference_hellaswag(model, examples, block_size, device, autocast):
-    """(n, correct_norm) scored the usual way (build-nanogpt's hellaswag.py): one example, its 4 rows padded
-    to the longest, per forward, with the logits of every position."""
+    """(n, correct_norm) scored the usual way (build-nanogpt's): one example's 4 rows per forward, every position's logits."""
     correct_norm = 0
     for ctx, endings, label in examples:
         rows = [(ctx + ending)[-(block_size + 1) :] for ending in endings]
@@ -230,8 +201,7 @@ def bench_hellaswag(args, device, autocast, bf16):
     return figures
 
 def shakespeare_documents(path, n_docs, seed):
-    """n_docs documents of ~4,000 characters (~1,300 tokens, about FineWeb-Edu's mean): the paragraphs of
-    the text, shuffled anew on each pass over it and joined until long enough."""
+    """n_docs documents of ~4,000 characters (~1,300 tokens, FineWeb-Edu's mean): the text's paragraphs, shuffled and joined."""
     if not Path(path).is_file():
         raise InputError(f"--text {path} does not exist: python fineweb.py --dataset tinyshakespeare downloads it, or name a text file")
     paragraphs = [p for p in Path(path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
@@ -240,17 +210,16 @@ def shakespeare_documents(path, n_docs, seed):
         rng.shuffle(paragraphs)
         for p in paragraphs:
             current.append(p)
-            if sum(map(len, current)) >= 4000 and len(docs) < n_docs:
+            if sum(map(len, current)) >= 4000:
                 docs.append("\n\n".join(current))
                 current = []
-    return docs
+    return docs[:n_docs]
 
 def bench_fineweb(args, device, autocast, bf16):
     docs, enc = shakespeare_documents(args.text, args.fineweb_docs, args.seed), gpt2_tokenizer()
     with tempfile.TemporaryDirectory(prefix="bench_fineweb_") as tmp:
         corpus, runs_so_far = Path(tmp) / "corpus.jsonl", itertools.count()
         corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs), encoding="utf-8")
-
         def pool():
             out = Path(tmp) / f"out{next(runs_so_far)}"  # a new folder each time: a finished one is skipped
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -258,10 +227,8 @@ def bench_fineweb(args, device, autocast, bf16):
             tokens = sum(len(np.load(p, mmap_mode="r")) for p in out.glob("*.npy"))
             shutil.rmtree(out)
             return tokens
-
         def loop(part=slice(None)):  # the documents already in memory: only the tokenizer is timed
             return sum(len(enc.encode_ordinary(doc)) + 1 for doc in docs[part])  # + 1: the EOT before each document
-
         def ceiling():  # what this machine's cores give at best: num_proc loops over their share, nothing shared
             fork = multiprocessing.get_context("fork")  # the loops inherit the documents, nothing is sent
             loops = [fork.Process(target=loop, args=(slice(i, None, args.num_proc),)) for i in range(args.num_proc)]
@@ -270,7 +237,6 @@ def bench_fineweb(args, device, autocast, bf16):
             for p in loops:
                 p.join()
             assert all(p.exitcode == 0 for p in loops), "a tokenizer loop failed"
-
         runs = {"pool": pool, "loop": loop, **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {})}  # not on Windows
         n_tokens = loop()
         figures, tokens = compare(runs, args.repeats, device, n_tokens, "tokens")
@@ -287,24 +253,18 @@ def bench_fineweb(args, device, autocast, bf16):
 # the command line
 
 def machine(device, load_at_start):
+    """What the figures were measured on. Other processes on the cores slow every figure, CPU ones most: the load
+    average (runnable processes over the last minute) counts them at the start, and this run too at the end."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):  # Linux names the CPU model here; elsewhere the above will do
         name = name if device.type == "cuda" else next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    # other processes on the cores slow every figure, CPU ones most: the load average (runnable processes over
-    # the last minute) counts them at the start, and this run too at the end
     return {"device": str(device), "name": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_at_start": load_at_start, "load_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
-def benchmark_list(value):
-    names = value.split(",")
-    if unknown := [n for n in names if n not in BENCHES]:
-        raise argparse.ArgumentTypeError(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
-    return names
-
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--only", type=benchmark_list, default=list(BENCHES), help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})")
+    parser.add_argument("--only", type=lambda names: names.split(","), default=list(BENCHES), help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given")
     add_flags(parser, TrainConfig, ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"])  # train_gpt2.py's
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark")
@@ -325,6 +285,8 @@ def parse_args(argv=None):
     on_gpu = first.device.startswith("cuda") or (first.device == "auto" and torch.cuda.is_available())
     parser.set_defaults(**{"seq_len": None, **ALL, **PER_DEVICE["cuda" if on_gpu else "cpu"], **(QUICK if first.quick else {})})
     args = parser.parse_args(argv)
+    if unknown := [name for name in args.only if name not in BENCHES]:
+        parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
     check_at_least(parser, args, 1, ["n_layer", "n_head", "n_embd", "batch_size", "seq_len", "repeats", "matmul_size", "new_tokens",
                                      "hellaswag_n", "hellaswag_batch", "fineweb_docs", "num_proc"])
     args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
@@ -350,8 +312,7 @@ def main(argv=None):
         raise SystemExit(str(e))
     info = machine(device, load_at_start)
     load = f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end" if load_at_start is not None else ""
-    print(f"\n{info['name']} ({info['device']}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, "
-          f"torch {info['torch']}, Python {info['python']}, {info['date']}")
+    print(f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, torch {info['torch']}, {info['date']}")
     config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len, "bf16": bf16, "compile": args.compile, "repeats": args.repeats}
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
 

@@ -25,7 +25,8 @@ TINY = [
 
 
 def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
-    """One of the repository's scripts in a subprocess, as a user runs it (under torchrun with that many processes)."""
+    """One of the repository's scripts (or a script at a path) in a subprocess, as a user runs it; under torchrun with
+    that many processes."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
     return subprocess.run([*launcher, str(REPO / script), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})

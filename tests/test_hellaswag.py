@@ -172,7 +172,7 @@ def test_forwards_pad_to_their_longest_row_and_apply_the_lm_head_at_ending_token
         assert sum(model.head_rows) == sum(head_rows) and max(model.head_rows) <= hellaswag.LM_HEAD_ROWS
 
 
-def test_two_processes_count_what_one_process_counts(repo, tiny_checkpoint, reference, val_file, tmp_path):
+def test_two_processes_count_what_one_process_counts(run, repo, tiny_checkpoint, reference, val_file, tmp_path):
     script = tmp_path / "score.py"
     script.write_text(
         f"import sys; sys.path.insert(0, {str(repo)!r})\n"
@@ -188,8 +188,7 @@ def test_two_processes_count_what_one_process_counts(repo, tiny_checkpoint, refe
         "    print('counts', *counts)\n"
         "torch.distributed.destroy_process_group()\n"
     )
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run([*launcher, str(script)], capture_output=True, text=True, timeout=600)
+    proc = run(script, torchrun=2)
     assert proc.returncode == 0, proc.stderr
     model = GPT.from_checkpoint(tiny_checkpoint).eval()
     examples = hellaswag.load_examples(val_file.parent, "val", limit=21)
