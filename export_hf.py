@@ -58,7 +58,7 @@ def gpt2_tokenizer_files(enc):
 def export_hf(model, out_dir):
     """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2: the inverse of
     GPT.from_pretrained. It is written beside out_dir and renamed, so an interrupted export leaves nothing."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # "." has no name to put the temporary folder beside
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir} already exists and is not empty: choose a new folder for the export")
     files = gpt2_tokenizer_files(gpt2_tokenizer())  # before anything is written: offline, the tokenizer may be missing

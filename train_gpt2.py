@@ -6,8 +6,8 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
     torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
     python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
 
-Importing this file defines things and nothing else (sample.py, hellaswag.py, export_hf.py and bench.py
-import the model and the command-line helpers from here); training runs only under __main__.
+Importing this file defines things and nothing else (the other scripts import the model and the command-line
+helpers from here); training runs only under __main__.
 The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
 """
 
@@ -31,8 +31,7 @@ EOT_TOKEN = 50256           # <|endoftext|> of the GPT-2 BPE: starts every docum
 GPT2_VOCAB_SIZE = 50257     # real tokens; ids at or above this are embedding padding, never data
 PADDED_VOCAB_SIZE = 50304   # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the Hugging Face hub
-# the weights OpenAI's TensorFlow code kept as Conv1D, (in, out): Hugging Face still does, nn.Linear wants (out, in)
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D in HF: (in, out)
 
 class InputError(Exception):
     """Something the user can fix (a flag, a file, the data, a diverging run): the message says what is wrong and what
@@ -137,8 +136,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None):
-        """The final LayerNorm's output (B, T, n_embd): what lm_head turns into logits. Scorers that need
-        logits at a few positions (hellaswag.py) apply lm_head there alone, its 50304 columns being most of the cost."""
+        """The final LayerNorm's output (B, T, n_embd), which lm_head turns into logits: scorers (hellaswag.py) and
+        generation (sample.py) apply lm_head only where they need logits, its 50304 columns being most of the cost."""
         B, T = idx.size()
         start = kv_cache[0].length if kv_cache else 0
         assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
@@ -165,8 +164,7 @@ class GPT(nn.Module):
 
     def flops_per_token(self, T):
         """Training FLOPs per token (PaLM paper, appendix B): 6 per weight plus attention's 12·L·H·Q·T."""
-        cfg = self.config
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * self.num_params(non_embedding=True) + 12 * self.config.n_layer * self.config.n_embd * T
 
     @classmethod
     def from_pretrained(cls, name_or_path):
@@ -252,8 +250,7 @@ class DataLoaderLite:
     tokens and rank r reads the r-th B·T slice of them (+1 token for the last target), so one rank accumulating
     k micro-steps sees exactly the tokens of k ranks."""
     def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0):
-        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
-        self.shuffle, self.seed = shuffle, seed
+        self.B, self.T, self.rank, self.world_size, self.shuffle, self.seed = B, T, rank, world_size, shuffle, seed
         paths = sorted(Path(data_dir).glob(f"*_{split}_*.npy"))
         if not paths:
             raise InputError(f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its output")
@@ -331,8 +328,8 @@ def pick_device(name, local_rank=0):
     return device
 
 def make_autocast(dtype, device):
-    """(autocast context, bf16) for --dtype on device: bfloat16 where asked or, with auto, where the hardware
-    has it natively (CUDA GPUs; CPUs with AVX-512 bf16 or AMX); else a disabled context, float32."""
+    """(autocast context, bf16) for --dtype on device: bfloat16 where asked or, with auto, where the hardware has it
+    natively (CUDA GPUs; CPUs with AVX-512 bf16 or AMX), else float32; on CUDA, float32 matmuls may use TF32."""
     bf16 = dtype == "bfloat16"
     if dtype == "auto" and device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
@@ -486,17 +483,12 @@ def training_state(step, val_loss, model, optimizer, train_loader, device, cfg, 
     return {"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
             "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run and wandb_run.id}
+            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run.id if wandb_run is not None else None}
 
 RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
 
 def restore_training_state(path, checkpoint, model, optimizer, train_loader, device, local_rank, cfg, log):
-    """Put a checkpoint's state back into a freshly built model, optimizer and loader; returns (step, val_loss).
-    Changed training flags are legitimate (a longer --max_steps extends a run) but named: the schedule changes."""
-    if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
-        raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
-    if checkpoint["config"] != dataclasses.asdict(model.config):
-        raise InputError(f"{path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model.config)}")
+    """Put a checkpoint's state back into the new model, optimizer and loader; (step, val_loss). Changed flags are named."""
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -512,7 +504,7 @@ def restore_training_state(path, checkpoint, model, optimizer, train_loader, dev
         log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
     return checkpoint["step"], checkpoint["val_loss"]
 
-def checkpoint_to_resume(log_dir, resume, log):
+def checkpoint_to_resume(log_dir, resume, model_config, log):
     """(path, checkpoint) that the run continues from, or (None, None) for a new run. With --resume, the newest
     checkpoint that loads (damaged ones are named and skipped); without it, a log dir with checkpoints is refused."""
     if log_dir.exists() and not log_dir.is_dir():
@@ -522,9 +514,15 @@ def checkpoint_to_resume(log_dir, resume, log):
         raise InputError(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
     for path in reversed(found):
         try:
-            return path, load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
         except InputError as e:
             log(f"{e}; trying an older one")
+            continue
+        if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
+            raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
+        if checkpoint["config"] != dataclasses.asdict(model_config):
+            raise InputError(f"{path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
+        return path, checkpoint
     if found:
         raise InputError(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
     if resume:
@@ -535,15 +533,10 @@ class RunLog:
     """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
     `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
     after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
-    def __init__(self, log_dir, checkpoint, cfg):
+    def __init__(self, log_dir, checkpoint, cfg, wandb=None):
         self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
         if log_dir is None:
             return
-        if cfg.wandb:  # before anything is written
-            try:
-                import wandb  # only with --wandb: it is optional and slow to import
-            except ImportError:
-                raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
         resumed_step = checkpoint["step"] if checkpoint is not None else None
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -552,9 +545,8 @@ class RunLog:
         self.path = log_dir / "log.txt"
         if resumed_step is None:
             self.path.write_text("")
-        elif self.path.exists():  # back to what it held at the checkpoint: its own val line stays, what came after goes
-            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True)
-                     if line.endswith("\n")]  # a line without its newline was cut off by the interruption
+        elif self.path.exists():  # back to the checkpoint: its own val line stays; later lines, and one cut off, go
+            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
             kept = [line for step, kind, *_, line in lines if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")]
             tmp = self.path.with_name("log.txt.tmp")
             tmp.write_text("".join(kept))
@@ -562,7 +554,7 @@ class RunLog:
         # a resumed run goes on in the same wandb run, which drops the steps it already has
         wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
         self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir,
-                                    config=dataclasses.asdict(cfg)) if cfg.wandb else None
+                                    config=dataclasses.asdict(cfg)) if wandb else None
         try:
             import matplotlib  # noqa: F401  (optional)
             from plot import plot_run  # a sibling script: imported where it is used, so that imports run one way
@@ -604,8 +596,7 @@ def setup_distributed(device_name):
 
 def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
     """Mean loss over the first n_seqs sequences of the val stream; each rank scores a contiguous share."""
-    T = val_loader.T
-    first, last = rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
+    T, first, last = val_loader.T, rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
     loss_sum = torch.zeros((), device=device)
     with torch.no_grad():
         for i in range(first, last, batch_size):
@@ -616,6 +607,13 @@ def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, au
     if world_size > 1:
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / (n_seqs * T)
+
+def import_wandb():
+    try:
+        import wandb  # only with --wandb: it is optional and slow to import
+        return wandb
+    except ImportError:
+        raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
 
 def train(cfg):
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
@@ -635,7 +633,8 @@ def train(cfg):
 
     # everything that can refuse the run does so before anything is written
     log_dir = Path(cfg.log_dir)
-    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, log)
+    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, make_model_config(cfg), log)
+    wandb = import_wandb() if cfg.wandb and master else None
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
     if enc:
         from sample import generate  # a sibling: imported where it is used, so that imports run one way
@@ -655,7 +654,7 @@ def train(cfg):
     start_step, val_loss = 0, None
     if checkpoint is not None:
         start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, train_loader, device, local_rank, cfg, log)
-    run_log = RunLog(log_dir if master else None, checkpoint, cfg)
+    run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
 
     log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {raw_model.config}")
     log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
@@ -732,8 +731,6 @@ def train(cfg):
 
     if run_log.wandb_run is not None:
         run_log.wandb_run.finish()
-    if ddp:
-        torch.distributed.destroy_process_group()
 
 def main(argv=None):
     cfg = parse_args(argv)
@@ -741,6 +738,9 @@ def main(argv=None):
         train(cfg)
     except InputError as e:
         raise SystemExit(str(e))
+    finally:  # after an error too: a process group left behind makes NCCL warn on every rank
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
     # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, plot) import

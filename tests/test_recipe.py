@@ -92,7 +92,7 @@ def reference_step(tiny, shards, grad_clip):
     """The first optimizer step of the tiny run, computed here from its parts: the model as seeded, the first 8 rows of
     the train stream as ONE batch (the run takes them as 2 micro-steps of 4), the gradient of their mean loss, clipped
     to grad_clip by its global norm, and a plain (unfused) AdamW step. Returns (pre-clip norm, weights after)."""
-    cfg = parse_args([*tiny, "--data_dir", str(shards), "--grad_clip", str(grad_clip)])
+    cfg = parse_args([*tiny, "--data_dir", str(shards), "--grad_clip", str(grad_clip), "--weight_decay", "10"])
     torch.manual_seed(cfg.seed)
     model = GPT(make_model_config(cfg))
     loader = DataLoaderLite(shards, "train", 8, cfg.seq_len, shuffle=cfg.shuffle, seed=cfg.seed)
@@ -112,9 +112,10 @@ def reference_step(tiny, shards, grad_clip):
 @pytest.mark.parametrize("grad_clip", [1e-5, 100.0], ids=["clipped", "unclipped"])
 def test_first_step_equals_one_batch_of_all_the_rows_clipped_by_the_global_norm(grad_clip, train, tiny, shakespeare_shards, tmp_path):
     # 1e-5 scales every gradient to ~1e-9 an element, near AdamW's eps (1e-8), so the update shows the clip's scale
-    # (AdamW would hide it otherwise); 100 clips nothing, so the update is the raw gradient's
+    # (AdamW would hide it otherwise); 100 clips nothing, so the update is the raw gradient's. A weight decay of 10
+    # (lr x decay = 6e-3) shows which parameters decay: matrices and embeddings, not biases and LayerNorm gains
     proc = train(*tiny, "--data_dir", shakespeare_shards, "--log_dir", tmp_path, "--max_steps", "1", "--eval_interval", "0",
-                 "--grad_clip", str(grad_clip))
+                 "--grad_clip", str(grad_clip), "--weight_decay", "10")
     assert proc.returncode == 0, proc.stderr
     assert "2 accumulation steps" in proc.stdout
     logged_norm = float(re.search(r"step 0 \|.*\| norm (\S+) \|", proc.stdout).group(1))
