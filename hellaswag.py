@@ -3,7 +3,7 @@ HellaSwag (Zellers et al. 2019) for GPT-2: download, render and score, completio
 
     python hellaswag.py -m gpt2                   # OpenAI's GPT-2 124M through transformers
     python hellaswag.py --checkpoint log          # our newest checkpoint in log/
-    python hellaswag.py -m gpt2 --limit 1000 --device cpu           # a quick look at the first 1,000
+    python hellaswag.py -m gpt2 --limit 1000 --device cpu   # the first 1,000 examples, on a CPU
 
 Each example is a context and 4 endings. The model reads the tokens of the context followed by
 those of " " + ending, one row per ending, and only the ending's tokens are scored: acc picks the
