@@ -78,9 +78,9 @@ def si(x, unit):
 def report(row, ours, baseline, ratio, notes):  # one line of the table
     print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
 
-def agreement(same, bf16, what):
-    # in float32 both sides must agree exactly; bf16 rounds two shapes differently, so a near tie can go either way
-    return f"same {what}" if same else f"{what} differ (bf16 rounds the sides differently)" if bf16 else f"WARNING: {what} differ"
+def agreement(same, dtype, what):
+    # in float32 both sides must agree exactly; bf16 or fp16 rounds two shapes differently, so a near tie can go either way
+    return f"same {what}" if same else f"{what} differ ({str(dtype)[6:]} rounds the sides differently)" if dtype != torch.float32 else f"WARNING: {what} differ"
 
 def eager_model(dims, args, device):
     """An eager GPT with room for every generated token (no sliding window), its weights far wider than the 0.02 init,
@@ -120,7 +120,7 @@ def train_step(loss_fn, model, batches, autocast):
         optimizer.zero_grad(set_to_none=True)
     return step
 
-def bench_train(args, device, autocast, bf16):
+def bench_train(args, device, autocast, dtype):
     B, T = args.batch_size, args.seq_len
     torch.manual_seed(args.seed)
     ours = GPT(args.model_config).to(device)
@@ -133,20 +133,20 @@ def bench_train(args, device, autocast, bf16):
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
     runs = {"ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast), "hf": train_step(hf_loss, hf, batches, autocast),
             # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
-            "peak": matmul(args.matmul_size, device, torch.bfloat16 if bf16 else torch.float32)}
+            "peak": matmul(args.matmul_size, device, dtype)}
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
     figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
     measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
-    datasheet_peak = peak_flops(device) if bf16 else None  # known for a few GPUs: their dense bf16 peak
+    datasheet_peak = peak_flops(device) if dtype != torch.float32 else None  # known for a few GPUs: their dense bf16 peak
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
     figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak,
                    **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
-    source = f"{'bf16' if bf16 else 'fp32'} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
+    source = f"{str(dtype)[6:]} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
     report("train step", si(figures["ours_tokens_per_s"], "tok/s"), si(figures["hf_tokens_per_s"], "tok/s") + " (HF)", figures["ratio"],
            f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})")
     return figures
 
-def bench_generate(args, device, autocast, bf16):
+def bench_generate(args, device, autocast, dtype):
     model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)  # as sample.py is used
     prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(device)
     def run(use_kv_cache, new_tokens):
@@ -161,7 +161,7 @@ def bench_generate(args, device, autocast, bf16):
     figures.update(same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens)  # before the first difference
     report("generate", si(figures["cache_tokens_per_s"], "tok/s") + " (KV cache)", si(figures["no_cache_tokens_per_s"], "tok/s") + " (no cache)",
            figures["ratio"], f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
-           + agreement(figures["same_tokens"], bf16, f"tokens (the first {figures['agreeing_tokens']} agree)"))
+           + agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)"))
     return figures
 
 @torch.no_grad()
@@ -182,7 +182,7 @@ def reference_hellaswag(model, examples, block_size, device, autocast):
         correct_norm += ((losses * scored).sum(1) / scored.sum(1)).argmin().item() == label
     return len(examples), correct_norm
 
-def bench_hellaswag(args, device, autocast, bf16):
+def bench_hellaswag(args, device, autocast, dtype):
     model = eager_model(vars(args.model_config), args, device)
     examples, block_size = hellaswag.load_examples(args.hellaswag_dir, "val", args.hellaswag_n), model.config.block_size
     evaluate = lambda batch_size, examples=examples: hellaswag.evaluate(model, examples, block_size, device, autocast, batch_size)[::2]
@@ -197,7 +197,7 @@ def bench_hellaswag(args, device, autocast, bf16):
     figures["same_counts"] = counts["batched"] == counts["single"] == counts["reference"]
     report("hellaswag", si(figures["batched_examples_per_s"], "ex/s") + f" ({args.hellaswag_batch}/forward)",
            si(figures["reference_examples_per_s"], "ex/s") + " (1/forward, all logits)", figures["ratio"],
-           f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; " + agreement(figures["same_counts"], bf16, "counts"))
+           f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; " + agreement(figures["same_counts"], dtype, "counts"))
     return figures
 
 def shakespeare_documents(path, n_docs, seed):
@@ -215,7 +215,7 @@ def shakespeare_documents(path, n_docs, seed):
                 current = []
     return docs[:n_docs]
 
-def bench_fineweb(args, device, autocast, bf16):
+def bench_fineweb(args, device, autocast, dtype):
     docs, enc = shakespeare_documents(args.text, args.fineweb_docs, args.seed), gpt2_tokenizer()
     with tempfile.TemporaryDirectory(prefix="bench_fineweb_") as tmp:
         corpus, runs_so_far = Path(tmp) / "corpus.jsonl", itertools.count()
@@ -302,18 +302,18 @@ def main(argv=None):
     c = args.model_config
     try:
         device = pick_device(args.device)
-        autocast, bf16 = make_autocast(args.dtype, device)
+        autocast, dtype, _ = make_autocast(args.dtype, device)
         print(f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
-              f"{'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n")
+              f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n")
         report("benchmark", "ours", "baseline", None, "notes")
         results = {"peak": bench_matmul(args.matmul_size, device, args.repeats)}
-        results |= {name: BENCHES[name](args, device, autocast, bf16) for name in args.only}
+        results |= {name: BENCHES[name](args, device, autocast, dtype) for name in args.only}
     except InputError as e:
         raise SystemExit(str(e))
     info = machine(device, load_at_start)
     load = f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end" if load_at_start is not None else ""
     print(f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, torch {info['torch']}, {info['date']}")
-    config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len, "bf16": bf16, "compile": args.compile, "repeats": args.repeats}
+    config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len, "dtype": str(dtype)[6:], "compile": args.compile, "repeats": args.repeats}
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
 
 if __name__ == "__main__":

@@ -232,7 +232,8 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples; None scores all")
     parser.add_argument("--batch_size", type=int, default=16, help="examples per forward pass, 4 rows each")
     parser.add_argument("--device", **DEVICE_FLAG)
-    parser.add_argument("--dtype", **DTYPE_FLAG)
+    parser.add_argument("--dtype", **{**DTYPE_FLAG, "default": "float32", "help": "float32 scores as the published numbers were made "
+                        "(TF32 matmuls on CUDA); bfloat16 or float16 autocast is faster, and a few near-tie examples can flip"})
     args = parser.parse_args(argv)
     check_at_least(parser, args, 1, ["batch_size", "limit"])
     return args
@@ -244,10 +245,10 @@ def main(argv=None):
         device = pick_device(args.device)
         examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
         model, block_size = load_model(args.model_type, args.checkpoint, device)
+        autocast, dtype, why = make_autocast(args.dtype, device)
     except InputError as e:
         raise SystemExit(str(e))
-    autocast, bf16 = make_autocast(args.dtype, device)
-    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {'bfloat16 autocast' if bf16 else 'float32'}")
+    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {str(dtype)[6:]} ({why})")
     n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
     print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
 

@@ -1,6 +1,6 @@
 """
-Plot a training run from its log.txt: train and val loss and, when it was scored, HellaSwag, beside the
-numbers of OpenAI's GPT-2 124M and GPT-3 124M.
+A training run's record: RunLog writes its log.txt (and wandb), and this script plots it: train and val loss and,
+when it was scored, HellaSwag, beside the numbers of OpenAI's GPT-2 124M and GPT-3 124M.
 
     python plot.py log            # writes log/plot.png
 
@@ -8,6 +8,8 @@ train_gpt2.py redraws <log_dir>/plot.png at every evaluation when matplotlib is 
 optional (pip install matplotlib): without it training only prints a notice once.
 """
 
+import dataclasses
+import os
 from pathlib import Path
 
 from train_gpt2 import ArgumentParser, InputError
@@ -80,6 +82,58 @@ def plot_run(log_dir):
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+class RunLog:
+    """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
+    `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
+    after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
+    def __init__(self, log_dir, checkpoint, cfg, wandb=None):
+        self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
+        if log_dir is None:
+            return
+        resumed_step = checkpoint["step"] if checkpoint is not None else None
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # no permission, or under a read-only path such as /proc
+            raise InputError(f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to")
+        self.path = log_dir / "log.txt"
+        if resumed_step is None:
+            self.path.write_text("")
+        elif self.path.exists():  # back to the checkpoint: its own val line stays; later lines, and one cut off, go
+            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+            kept = [line for step, kind, *_, line in lines if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")]
+            tmp = self.path.with_name("log.txt.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+        # a resumed run goes on in the same wandb run, which drops the steps it already has
+        wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
+        self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir,
+                                    config=dataclasses.asdict(cfg)) if wandb else None
+        try:
+            import matplotlib  # noqa: F401  (optional)
+
+            self.plot_run = plot_run
+        except ImportError:
+            print("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
+
+    def event(self, step, kind, value):
+        if self.path is None:
+            return
+        line = f"{step} {kind} {value:.6f}" if kind == "train" else f"{step} {kind} {value:.4f}"
+        if kind != "train":
+            print(line)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        self.metrics(step, **{kind: value})
+
+    def metrics(self, step, **values):
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+
+    def plot(self):
+        if self.plot_run is not None:
+            self.plot_run(self.log_dir)
 
 
 def main(argv=None):

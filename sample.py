@@ -106,7 +106,7 @@ def main(argv=None):
         # decoding runs hidden_states (and lm_head at one position), not forward; dynamic shapes, because the
         # cache grows by a position every token: one graph for the prompt, one for the tokens after it
         model.hidden_states = torch.compile(model.hidden_states, dynamic=True)
-    autocast, _ = make_autocast(args.dtype, device)
+    autocast, _, _ = make_autocast(args.dtype, device)
 
     tokens, block_size = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}), model.config.block_size
     if len(tokens) > block_size:

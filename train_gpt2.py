@@ -175,7 +175,8 @@ class GPT(nn.Module):
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
-            raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); check the network or pass a local folder")
+            fix = "it is not a save_pretrained folder of a GPT-2" if Path(name_or_path).is_dir() else "check the network, or pass a local folder"
+            raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); {fix}")
         hc = hf.config
         if hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
             raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
@@ -307,8 +308,10 @@ def device_name(value):
     return value
 
 DEVICE_FLAG = dict(default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
-DTYPE_FLAG = dict(default="auto", choices=["auto", "float32", "bfloat16"],
-                  help="auto = bfloat16 autocast on CUDA GPUs and CPUs with native bf16, else float32 (Apple MPS too)")
+DTYPE_FLAG = dict(default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                  help="autocast precision. auto = bfloat16 where the hardware has it natively (CUDA compute capability 8.0+, "
+                       "CPUs with AVX-512 bf16 or AMX), float16 with a gradient scaler on CUDA 7.x (V100, T4, RTX 20xx), "
+                       "else float32 (older GPUs, Apple MPS, other CPUs)")
 
 def pick_device(name, local_rank=0):
     if name == "auto":
@@ -328,17 +331,22 @@ def pick_device(name, local_rank=0):
     return device
 
 def make_autocast(dtype, device):
-    """(autocast context, bf16) for --dtype on device: bfloat16 where asked or, with auto, where the hardware has it
-    natively (CUDA GPUs; CPUs with AVX-512 bf16 or AMX), else float32; on CUDA, float32 matmuls may use TF32."""
-    bf16 = dtype == "bfloat16"
-    if dtype == "auto" and device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-    elif dtype == "auto":
-        bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """(autocast context, torch dtype, why) for --dtype on device; a dtype the GPU has no tensor cores for is refused.
+    On CUDA, float32 matmuls may use TF32, as the published GPT-2 numbers were made."""
+    cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    # torch.cuda.is_bf16_supported() says True on pre-Ampere GPUs too, through emulation slower than their fp16
+    native_bf16 = cc >= (8, 0) if cc else device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    hardware = f"CUDA compute capability {cc[0]}.{cc[1]}" if cc else device.type.upper() if device.type == "mps" else "this CPU"
+    if dtype == "bfloat16" and cc and not native_bf16:
+        raise InputError(f"--dtype bfloat16: this GPU ({hardware}) has no bfloat16 tensor cores; use --dtype float16 (or auto)")
+    why = f"--dtype {dtype}"
+    if dtype == "auto":
+        dtype = "bfloat16" if native_bf16 else "float16" if cc and cc[0] == 7 else "float32"
+        why = f"auto: {hardware} has " + ("native bf16" if native_bf16 else "fp16 tensor cores but no native bf16" if cc and cc[0] == 7 else "no native bf16")
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls left outside autocast
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16), bf16
-
+        torch.set_float32_matmul_precision("high")
+    dtype = getattr(torch, dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32), dtype, why
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
 GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
@@ -385,11 +393,12 @@ class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
     log_dir: str | None = flag(None, "where log.txt and the checkpoints go (default: log/<run_name> with --run_name, else log)")
     run_name: str | None = flag(None, "a name for this run: its log dir (unless --log_dir is given) and its wandb name")
-    model: str = flag("gpt2", "architecture preset", choices=list(MODEL_PRESETS))
+    model: str | None = flag(None, "architecture preset (default: gpt2, or with --init_from or --resume the weights')", choices=list(MODEL_PRESETS))
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
-    batch_size: int = flag(64, "B: sequences per micro-step per process")
+    init_from: str | None = flag(None, "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder, or one of our checkpoints (model_*.pt, or a log dir: its newest)")
+    batch_size: int | None = flag(None, "B: sequences per micro-step per process (default: 64; on a GPU halved until a step fits in its memory)")
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
     total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, ~0.5M as in GPT-3 small); gradient accumulation makes up the rest")
     max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small); cosine-decays to 10%% of it")
@@ -427,7 +436,8 @@ def parse_args(argv=None):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
     if cfg.log_dir is None:
         cfg.log_dir = str(Path("log", cfg.run_name or ""))
-    check_model_config(parser, make_model_config(cfg), cfg)
+    if cfg.init_from is None:  # else the weights' architecture, checked once they are loaded
+        check_model_config(parser, make_model_config(cfg), cfg)
     return cfg
 
 def check_at_least(parser, args, minimum, names):
@@ -439,11 +449,19 @@ def check_model_config(parser, model_config, args):
     if model_config.n_embd % model_config.n_head:
         parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
     if args.seq_len > model_config.block_size:
-        parser.error(f"--seq_len {args.seq_len} exceeds the {args.model} block_size of {model_config.block_size}")
+        parser.error(f"--seq_len {args.seq_len} exceeds the {args.model or 'gpt2'} block_size of {model_config.block_size}")
 
 def make_model_config(cfg):
     overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
-    return GPTConfig(**{**MODEL_PRESETS[cfg.model], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
+    return GPTConfig(**{**MODEL_PRESETS[cfg.model or "gpt2"], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
+
+def check_architecture(config, cfg, source):
+    """The architecture flags given (--model, --n_layer, ...) must be those of the weights a run starts from."""
+    asked = {**MODEL_PRESETS.get(cfg.model, {}), **{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}}
+    if differ := {k: v for k, v in asked.items() if config.get(k) != v}:
+        raise InputError(f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags, or match them")
+    if cfg.seq_len > config.get("block_size", cfg.seq_len):
+        raise InputError(f"--seq_len {cfg.seq_len} exceeds the block_size {config['block_size']} of {source}: pass --seq_len {config['block_size']} or less")
 
 def get_lr(step, cfg):
     """Linear warmup, then cosine decay to 10% of max_lr at max_steps (GPT-3 paper, appendix B)."""
@@ -478,33 +496,35 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
         raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
-def training_state(step, val_loss, model, optimizer, train_loader, device, cfg, wandb_run):
+def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run):
     """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes."""
     return {"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
-            "optimizer": optimizer.state_dict(), "train_loader": train_loader.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "train_loader": train_loader.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run.id if wandb_run is not None else None}
 
 RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
 
-def restore_training_state(path, checkpoint, model, optimizer, train_loader, device, local_rank, cfg, log):
+def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loader, device, local_rank, cfg, log):
     """Put a checkpoint's state back into the new model, optimizer and loader; (step, val_loss). Changed flags are named."""
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
+    if scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
+        scaler.load_state_dict(checkpoint["scaler"])
     train_loader.load_state_dict(checkpoint["train_loader"])
     torch.set_rng_state(checkpoint["rng"]["cpu"])
     if device.type == "cuda" and checkpoint["rng"]["cuda"]:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
     log(f"resuming from {path} at step {checkpoint['step']}")
     saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
-    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir") and getattr(cfg, k, v) != v]:
+    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir", "init_from") and getattr(cfg, k, v) != v]:
         log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
     return checkpoint["step"], checkpoint["val_loss"]
 
-def checkpoint_to_resume(log_dir, resume, model_config, log):
+def checkpoint_to_resume(log_dir, resume, cfg, log):
     """(path, checkpoint) that the run continues from, or (None, None) for a new run. With --resume, the newest
     checkpoint that loads (damaged ones are named and skipped); without it, a log dir with checkpoints is refused."""
     if log_dir.exists() and not log_dir.is_dir():
@@ -520,66 +540,13 @@ def checkpoint_to_resume(log_dir, resume, model_config, log):
             continue
         if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
             raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
-        if checkpoint["config"] != dataclasses.asdict(model_config):
-            raise InputError(f"{path} was trained with {checkpoint['config']}, but the flags ask for {dataclasses.asdict(model_config)}")
+        check_architecture(checkpoint["config"], cfg, path)
         return path, checkpoint
     if found:
         raise InputError(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
     if resume:
         log(f"no checkpoint in {log_dir} to resume from: starting a new run")
     return None, None
-
-class RunLog:
-    """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
-    `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
-    after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
-    def __init__(self, log_dir, checkpoint, cfg, wandb=None):
-        self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
-        if log_dir is None:
-            return
-        resumed_step = checkpoint["step"] if checkpoint is not None else None
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # no permission, or under a read-only path such as /proc
-            raise InputError(f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to")
-        self.path = log_dir / "log.txt"
-        if resumed_step is None:
-            self.path.write_text("")
-        elif self.path.exists():  # back to the checkpoint: its own val line stays; later lines, and one cut off, go
-            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
-            kept = [line for step, kind, *_, line in lines if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")]
-            tmp = self.path.with_name("log.txt.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
-        # a resumed run goes on in the same wandb run, which drops the steps it already has
-        wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
-        self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir,
-                                    config=dataclasses.asdict(cfg)) if wandb else None
-        try:
-            import matplotlib  # noqa: F401  (optional)
-            from plot import plot_run  # a sibling script: imported where it is used, so that imports run one way
-
-            self.plot_run = plot_run
-        except ImportError:
-            print("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
-
-    def event(self, step, kind, value):
-        if self.path is None:
-            return
-        line = f"{step} {kind} {value:.6f}" if kind == "train" else f"{step} {kind} {value:.4f}"
-        if kind != "train":
-            print(line)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-        self.metrics(step, **{kind: value})
-
-    def metrics(self, step, **values):
-        if self.wandb_run is not None:
-            self.wandb_run.log(values, step=step)
-
-    def plot(self):
-        if self.plot_run is not None:
-            self.plot_run(self.log_dir)
 
 # -----------------------------------------------------------------------------
 # the training script: setup in named steps, then the loop
@@ -608,6 +575,49 @@ def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, au
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / (n_seqs * T)
 
+def initial_model(cfg, checkpoint, log):
+    """The model a run starts from: a resumed run's architecture (restore_training_state loads its weights), else
+    --init_from's weights and architecture (OpenAI's keep their 50257 rows: no padding to change their loss), else a
+    fresh init of --model's."""
+    if checkpoint is not None:
+        if cfg.init_from:
+            log(f"resuming: --init_from {cfg.init_from} is not used, the checkpoint holds the weights")
+        return GPT(GPTConfig(**checkpoint["config"]))
+    if cfg.init_from is None:
+        return GPT(make_model_config(cfg))
+    source = Path(cfg.init_from)
+    ours = source.is_file() or (source.is_dir() and checkpoint_paths(source))  # else a hub name or save_pretrained folder
+    model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from)
+    check_architecture(dataclasses.asdict(model.config), cfg, f"--init_from {cfg.init_from}")
+    return model
+
+def fit_batch_size(B, fits):
+    """The largest of B, B/2, B/4 ... 1 for which fits(B) is true, 0 if none. fits is an argument so a CPU test can drive it."""
+    while B >= 1 and not fits(B):
+        B //= 2
+    return B
+
+def step_runs(model, B, T, device, autocast, errors, reserve=0):
+    """(True, None) if one forward and backward of B sequences raises none of `errors` on any rank, with `reserve` bytes
+    of memory held aside meanwhile, else (False, why): the same answer on every rank. Leaves no gradients behind."""
+    model.zero_grad(set_to_none=True)
+    why = None
+    try:
+        held, x = torch.empty(reserve, dtype=torch.uint8, device=device), torch.zeros(B, T, dtype=torch.long, device=device)
+        with autocast:
+            model(x, x)[1].backward()
+    except errors as e:  # kept as a line of text: the exception's frames would hold on to the activations
+        why = first_line(getattr(e, "inner_exception", None) or e)
+    held = x = None
+    model.zero_grad(set_to_none=True)
+    ok = torch.tensor(float(why is None), device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)
+    return bool(ok), why or "on another process"
+
+def is_out_of_memory(e):
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)  # a CPU's allocator raises a RuntimeError
+
 def import_wandb():
     try:
         import wandb  # only with --wandb: it is optional and slow to import
@@ -620,7 +630,30 @@ def train(cfg):
     ddp, master = torch.distributed.is_initialized(), rank == 0
     log = print if master else (lambda *args, **kwargs: None)
 
-    B, T = cfg.batch_size, cfg.seq_len
+
+    # everything that can refuse the run does so before anything is written
+    from plot import RunLog  # siblings are imported where they are used, so that imports run one way
+
+    log_dir = Path(cfg.log_dir)
+    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, cfg, log)
+    wandb = import_wandb() if cfg.wandb and master else None
+    enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
+    if enc:
+        from sample import generate
+    if cfg.hellaswag_interval:
+        import hellaswag
+
+        hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
+
+    autocast, dtype, why = make_autocast(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+    raw_model = initial_model(cfg, checkpoint, log).to(device)
+    T = cfg.seq_len
+    B = cfg.batch_size = cfg.batch_size or (fit_batch_size(64, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError,
+                                                            reserve=3 * torch.cuda.memory_allocated(device))[0]) if device.type == "cuda" else 64)
+    if B == 0:
+        raise InputError(f"one sequence of --seq_len {T} does not fit in this GPU's memory with a {raw_model.num_params() / 1e6:.0f}M-parameter "
+                         "model: a shorter --seq_len, a smaller model, or --fsdp over several GPUs")
     if cfg.total_batch_size % (B * T * world_size):
         raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
                          f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
@@ -631,33 +664,27 @@ def train(cfg):
     if val_seqs == 0:
         raise InputError(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
 
-    # everything that can refuse the run does so before anything is written
-    log_dir = Path(cfg.log_dir)
-    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, make_model_config(cfg), log)
-    wandb = import_wandb() if cfg.wandb and master else None
-    enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
-    if enc:
-        from sample import generate  # a sibling: imported where it is used, so that imports run one way
-    if cfg.hellaswag_interval:
-        import hellaswag
-
-        hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
-
-    autocast, bf16 = make_autocast(cfg.dtype, device)
-    compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    torch.manual_seed(cfg.seed)
-    raw_model = GPT(make_model_config(cfg)).to(device)
-    model = torch.compile(raw_model) if compile_model else raw_model
+    model = raw_model
+    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        # tried on one step first: without Triton or a working C++ compiler the run goes on eagerly, on every rank
+        works, failure = step_runs(compiled := torch.compile(raw_model), B, T, device, autocast, torch._dynamo.exc.BackendCompilerFailed)
+        model = compiled if works else raw_model
+        if not works:
+            log(f"torch.compile cannot compile here ({failure}): training without it, slower, with the same losses; --no-compile skips the attempt")
+    compile_on = model is not raw_model
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
+    # float16's range ends at 65504: the loss is scaled up so small gradients do not flush to zero, and a step whose
+    # gradients overflowed is skipped with a smaller scale (Micikevicius et al. 2018, mixed precision training)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_step, val_loss = 0, None
     if checkpoint is not None:
-        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, train_loader, device, local_rank, cfg, log)
+        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
     run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
 
-    log(f"model {cfg.model}: {raw_model.num_params():,} parameters, {raw_model.config}")
-    log(f"device {device}, {'bfloat16 autocast' if bf16 else 'float32'}, compile {'on' if compile_model else 'off'}, {world_size} process(es)")
+    log(f"model {cfg.init_from or cfg.model or 'gpt2'}: {raw_model.num_params():,} parameters, {raw_model.config}")
+    log(f"device {device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why}), compile {'on' if compile_on else 'off'}, {world_size} process(es)")
     log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
     log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
     if cfg.val_tokens > val_loader.total_tokens - 1:
@@ -681,7 +708,7 @@ def train(cfg):
         if due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval)):
             run_log.plot()
         if master and step > 0 and due(cfg.checkpoint_interval):
-            state = training_state(step, val_loss, raw_model, optimizer, train_loader, device, cfg, run_log.wandb_run)
+            state = training_state(step, val_loss, raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
             save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
         if last_step:
             break
@@ -707,15 +734,18 @@ def train(cfg):
                     _, loss = model(x, y)
                 loss = loss / grad_accum_steps  # the gradient of the mean over the whole batch, not the sum
                 loss_accum += loss.detach()
-                loss.backward()
+                scaler.scale(loss).backward()
         if ddp:
             torch.distributed.all_reduce(loss_accum)  # gloo has no AVG: sum, then divide
             loss_accum /= world_size
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer.step()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # no update if float16 gradients overflowed (inf or nan)
+        scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -725,7 +755,8 @@ def train(cfg):
 
         tokens_per_sec, norm_value = cfg.total_batch_size / dt, norm.item()
         mfu = flops_per_step / dt / world_size / peak if peak else None
-        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}")
+        fp16 = f" | scale {scale:.0f}" + (" | skipped: float16 gradients overflowed, scale lowered" if scaler.get_scale() < scale else "") if scaler.is_enabled() else ""
+        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}{fp16}")
         run_log.event(step, "train", loss_value)
         run_log.metrics(step, lr=lr, norm=norm_value, tok_per_sec=tokens_per_sec, **({"mfu": mfu} if mfu else {}))
 
@@ -738,6 +769,12 @@ def main(argv=None):
         train(cfg)
     except InputError as e:
         raise SystemExit(str(e))
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        B, model = cfg.batch_size, f"--init_from {cfg.init_from}" if cfg.init_from else f"--model {cfg.model or 'gpt2'}"
+        raise SystemExit(f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): "
+                         + (f"pass --batch_size {B // 2} or less" if B and B > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"))
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
