@@ -772,7 +772,9 @@ def main(argv=None):
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
-        B, model = cfg.batch_size, f"--init_from {cfg.init_from}" if cfg.init_from else f"--model {cfg.model or 'gpt2'}"
+        with torch.device("meta"):  # the model's size without its memory
+            model = f"--init_from {cfg.init_from}" if cfg.init_from else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
+        B = cfg.batch_size
         raise SystemExit(f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): "
                          + (f"pass --batch_size {B // 2} or less" if B and B > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"))
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank

@@ -1,0 +1,105 @@
+"""The GPU a learner has: float16 with a gradient scaler, a micro-batch that fits, a compile that falls back,
+and out-of-memory in one line. float16 autocast and the scaler run on a CPU, slowly (emulated: a few small steps)."""
+import re
+import shutil
+
+import pytest
+import torch
+
+from train_gpt2 import fit_batch_size
+
+# float16 matmuls are emulated on CPUs: 32 tokens a step, a 32-wide model, the val loss only at the end
+SMALL = ["--batch_size", "1", "--seq_len", "16", "--total_batch_size", "32", "--n_embd", "32", "--val_tokens", "64",
+         "--eval_interval", "0", "--max_steps", "20", "--checkpoint_interval", "10"]  # fmt: skip
+
+
+def train_losses(log):
+    return [value for (step, kind), value in sorted(log.items()) if kind == "train"]
+
+
+@pytest.fixture(scope="module")
+def runs(train, tiny, shakespeare_shards, tmp_path_factory):
+    """The same 20 steps in float32 and in float16, each with a checkpoint at step 10."""
+    out = {}
+    for dtype in ("float32", "float16"):
+        log_dir = tmp_path_factory.mktemp(dtype)
+        proc = train(*tiny, *SMALL, "--data_dir", shakespeare_shards, "--log_dir", log_dir, "--dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        out[dtype] = log_dir, proc.stdout
+    return out
+
+
+def test_float16_follows_float32_and_shows_its_loss_scale(runs, log_of):
+    (f32, _), (f16, stdout) = runs["float32"], runs["float16"]
+    assert "float16 autocast (--dtype float16)" in stdout
+    assert len(re.findall(r"^step \d+ .* \| scale 65536$", stdout, re.M)) == 20  # no overflow at the usual scale
+    fp16_losses, fp32_losses = train_losses(log_of(f16)), train_losses(log_of(f32))
+    assert len(fp16_losses) == 20
+    assert max(abs(a - b) for a, b in zip(fp16_losses, fp32_losses)) < 1e-2, (fp16_losses, fp32_losses)
+
+
+def resume_copy(log_dir, tmp_path, edit=None):
+    """The run's log dir as it was after step 10: its later checkpoint gone, the step-10 one edited."""
+    copy = tmp_path / "log"
+    shutil.copytree(log_dir, copy)
+    (copy / "model_00020.pt").unlink()
+    if edit:
+        checkpoint = torch.load(copy / "model_00010.pt", weights_only=True)
+        edit(checkpoint)
+        torch.save(checkpoint, copy / "model_00010.pt")
+    return copy
+
+
+def test_float16_resume_repeats_the_uninterrupted_run_bitwise(runs, train, tiny, shakespeare_shards, tmp_path):
+    log_dir, _ = runs["float16"]
+    copy = resume_copy(log_dir, tmp_path)
+    proc = train(*tiny, *SMALL, "--data_dir", shakespeare_shards, "--log_dir", copy, "--dtype", "float16", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "log.txt").read_text() == (log_dir / "log.txt").read_text()
+    for key in ("model", "optimizer", "scaler"):
+        resumed, uninterrupted = (torch.load(d / "model_00020.pt", weights_only=True)[key] for d in (copy, log_dir))
+        torch.testing.assert_close(resumed, uninterrupted, rtol=0, atol=0)
+
+
+def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(runs, train, tiny, shakespeare_shards, tmp_path):
+    log_dir, _ = runs["float16"]
+    copy = resume_copy(log_dir, tmp_path, edit=lambda checkpoint: checkpoint["scaler"].update(scale=2.0**40))
+    proc = train(*tiny, *SMALL, "--max_steps", "13", "--checkpoint_interval", "13", "--data_dir", shakespeare_shards, "--log_dir", copy,
+                 "--dtype", "float16", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    skipped = re.findall(r"^step (\d+) .* \| scale (\d+) \| skipped: float16 gradients overflowed", proc.stdout, re.M)
+    assert skipped == [("10", str(2**40)), ("11", str(2**39)), ("12", str(2**38))]  # halved at each overflow
+    before, after = (torch.load(copy / name, weights_only=True) for name in ("model_00010.pt", "model_00013.pt"))
+    torch.testing.assert_close(after["model"], before["model"], rtol=0, atol=0)  # three steps, no update
+    assert after["scaler"]["scale"] == 2.0**37
+
+
+def test_the_batch_fitter_halves_to_the_largest_batch_that_fits_and_keeps_the_total():
+    T, total = 1024, 524288
+    for memory_rows, expected in [(64, 64), (63, 32), (20, 16), (1, 1), (0, 0)]:
+        tried = []
+        B = fit_batch_size(64, lambda b: tried.append(b) or b <= memory_rows)
+        assert B == expected and tried == [64 >> i for i in range(len(tried))]
+        if B:
+            assert total % (B * T) == 0  # more accumulation steps make up the same 2**19 tokens a step
+
+
+def test_compile_without_a_compiler_says_so_once_and_trains_eagerly(runs, train, tiny, shakespeare_shards, log_of, tmp_path):
+    f32, _ = runs["float32"]
+    proc = train(*tiny, *SMALL, "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log", "--dtype", "float32", "--compile",
+                 env={"CXX": str(tmp_path / "no-such-c++")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    notes = [line for line in proc.stdout.splitlines() if "compile" in line]
+    assert notes[0].startswith("torch.compile cannot compile here (No working C++ compiler") and "compile off" in notes[1], notes
+    assert train_losses(log_of(tmp_path / "log")) == train_losses(log_of(f32))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--batch_size", "8192", "--total_batch_size", "524288"], "out of memory (micro, 3.3M parameters, --batch_size 8192, --seq_len 64): pass --batch_size 4096 or less"),
+    (["--batch_size", "1", "--total_batch_size", "64", "--n_embd", str(2**20)], "out of memory (micro, 26,441,190.2M parameters, --batch_size 1, --seq_len 64): a shorter --seq_len"),
+])  # fmt: skip
+def test_out_of_memory_is_one_line_naming_the_batch(train, tiny, shakespeare_shards, tmp_path, flags, says):
+    proc = train(*tiny, *flags, "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(says), proc.stderr
