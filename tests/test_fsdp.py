@@ -7,22 +7,23 @@ import torch
 
 from train_gpt2 import GPT, GPTConfig
 
-# 2 ranks x 2 micro-steps of B=2; the clip acts on the first two steps (norms 2.29 and 2.28). A tighter clip, acting on
+# 2 ranks x 2 micro-steps of B=2; 65 val sequences, so the ranks score 16 and 17 batches of them. The clip acts on the first two steps (norms 2.29 and 2.28). A tighter clip, acting on
 # every step, would part the runs by 2e-5: float32 rounds the global norm summed over shards a little differently
 # (1e-6) from the norm over whole tensors, and AdamW grows that step after step
 STEPS = ["--batch_size", "2", "--seq_len", "32", "--total_batch_size", "256", "--max_steps", "10", "--eval_interval", "5",
-         "--val_tokens", "2048", "--checkpoint_interval", "5", "--grad_clip", "2"]  # fmt: skip
+         "--val_tokens", str(65 * 32), "--checkpoint_interval", "5", "--grad_clip", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def runs(train, tiny, shakespeare_shards, tmp_path_factory):
-    """{name: (log dir, CompletedProcess)}: ddp and fsdp run 10 steps; fsdp_resumed and ddp_resumed continue
-    fsdp's step-5 checkpoint under FSDP and under DDP."""
+def runs(train, tiny, shakespeare_shards, shared_data, tmp_path_factory):
+    """{name: (log dir, CompletedProcess)}: ddp and fsdp run 10 steps (fsdp also scores HellaSwag and samples);
+    fsdp_resumed and ddp_resumed continue fsdp's step-5 checkpoint under FSDP and under DDP."""
     tmp = tmp_path_factory.mktemp("fsdp")
     args = [*tiny, "--data_dir", shakespeare_shards, *STEPS]
-    out = {name: (tmp / name, train(*args, *flags, "--log_dir", tmp / name, torchrun=2)) for name, flags in (("ddp", []), ("fsdp", ["--fsdp"]))}
+    fsdp = ["--fsdp", "--hellaswag_interval", "5", "--hellaswag_limit", "8", "--hellaswag_dir", shared_data / "hellaswag", "--sample_interval", "5"]
+    out = {name: (tmp / name, train(*args, *flags, "--log_dir", tmp / name, torchrun=2)) for name, flags in (("ddp", []), ("fsdp", fsdp))}
     lines = (tmp / "fsdp" / "log.txt").read_text().splitlines(keepends=True)
-    for name, flags in (("fsdp_resumed", ["--fsdp"]), ("ddp_resumed", [])):
+    for name, flags in (("fsdp_resumed", fsdp), ("ddp_resumed", [])):
         (tmp / name).mkdir()
         (tmp / name / "model_00005.pt").write_bytes((tmp / "fsdp" / "model_00005.pt").read_bytes())
         (tmp / name / "log.txt").write_text("".join(line for line in lines if int(line.split()[0]) <= 7))  # cut at step 7
@@ -40,6 +41,8 @@ def test_fsdp_takes_the_same_steps_as_ddp(runs, log_of):
     (ddp_dir, ddp), (fsdp_dir, fsdp) = runs["ddp"], runs["fsdp"]
     assert "2 processes x 2 accumulation steps" in fsdp.stdout
     a, b = log_of(ddp_dir), log_of(fsdp_dir)
+    assert [s for s, kind in b if kind == "hella"] == [0, 5, 10] and "sample 3:" in fsdp.stdout  # on whole weights
+    b = {k: v for k, v in b.items() if k[1] != "hella"}
     assert a.keys() == b.keys() and len([k for k in a if k[1] == "train"]) == 10
     for key in a:
         assert abs(a[key] - b[key]) < (1e-5 if key[1] == "train" else 2e-4), f"{key}: DDP {a[key]}, FSDP {b[key]}"
@@ -76,7 +79,7 @@ def test_fsdp_checkpoint_resumes_under_fsdp_exactly_and_under_ddp(runs, log_of):
     assert (same_dir / "log.txt").read_text() == (fsdp_dir / "log.txt").read_text()
     assert "--fsdp True -> False" in ddp.stdout
     a, b = log_of(fsdp_dir), log_of(ddp_dir)
-    assert a.keys() == b.keys()
+    assert [k for k in a if k[1] == "train"] == [k for k in b if k[1] == "train"]
     assert all(abs(a[k] - b[k]) < 1e-5 for k in a if k[1] == "train"), (a, b)
 
 
