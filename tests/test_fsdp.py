@@ -7,9 +7,9 @@ import torch
 
 from train_gpt2 import GPT, GPTConfig
 
-# 2 ranks x 2 micro-steps of B=2; 65 val sequences, so the ranks score 16 and 17 batches of them. The clip acts on the first two steps (norms 2.29 and 2.28). A tighter clip, acting on
-# every step, would part the runs by 2e-5: float32 rounds the global norm summed over shards a little differently
-# (1e-6) from the norm over whole tensors, and AdamW grows that step after step
+# 2 ranks x 2 micro-steps of B=2; 65 val sequences, so the ranks score 16 and 17 batches of them. The clip acts on
+# the first two steps (norms 2.29 and 2.28). A clip acting on every step would part the runs by 2e-5: float32 rounds
+# the global norm summed over shards a little differently (1e-6) from the norm over whole tensors, and AdamW grows that
 STEPS = ["--batch_size", "2", "--seq_len", "32", "--total_batch_size", "256", "--max_steps", "10", "--eval_interval", "5",
          "--val_tokens", str(65 * 32), "--checkpoint_interval", "5", "--grad_clip", "2"]  # fmt: skip
 
