@@ -415,6 +415,7 @@ class TrainConfig:
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
+    fsdp: bool = flag(False, "under torchrun: shard the weights, gradients and AdamW state across the processes (FSDP2) instead of copying them (DDP)")
     dtype: str = flag(**DTYPE_FLAG)
     device: str = flag(**DEVICE_FLAG)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
@@ -434,6 +435,8 @@ def parse_args(argv=None):
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
     if cfg.run_name is not None and (not cfg.run_name.strip() or Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
+    if cfg.fsdp and int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (a single process gains nothing)")
     if cfg.log_dir is None:
         cfg.log_dir = str(Path("log", cfg.run_name or ""))
     if cfg.init_from is None:  # else the weights' architecture, checked once they are loaded
@@ -496,10 +499,16 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
         raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
-def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run):
-    """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes."""
-    return {"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "train_loader": train_loader.state_dict(),
+def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run, keep=True):
+    """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes. The state
+    dicts are a single process's, whether or not FSDP sharded the model: every rank calls this, only rank 0 keeps them."""
+    def full(t):  # an FSDP shard (a DTensor) gathered tensor by tensor: an all-gather, which every rank joins
+        return t.full_tensor().to("cpu" if keep else "meta") if hasattr(t, "full_tensor") else t  # meta: dropped at once
+    model_state, opt = {k: full(v) for k, v in model.state_dict().items()}, optimizer.state_dict()
+    model_state["lm_head.weight"] = model_state["transformer.wte.weight"]  # tied to wte: one tensor, saved once
+    return {"model": model_state, "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
+            "optimizer": {**opt, "state": {i: {k: full(v) for k, v in s.items()} for i, s in opt["state"].items()}},
+            "scaler": scaler.state_dict(), "train_loader": train_loader.state_dict(),
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run.id if wandb_run is not None else None}
 
@@ -508,9 +517,13 @@ RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader",
 def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loader, device, local_rank, cfg, log):
     """Put a checkpoint's state back into the new model, optimizer and loader; (step, val_loss). Changed flags are named."""
     try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (ValueError, RuntimeError, KeyError) as e:
+        def shard(t, like):  # FSDP: this rank's shard of a whole tensor, cut as `like` is (the optimizer's step counts stay whole)
+            return torch.distributed.tensor.distribute_tensor(t.to(like.device), like.device_mesh, like.placements, src_data_rank=None) if hasattr(like, "device_mesh") and t.dim() else t
+        sharded, params = model.state_dict(), [p for group in optimizer.param_groups for p in group["params"]]
+        model.load_state_dict({k: shard(v, sharded.get(k)) for k, v in checkpoint["model"].items()})
+        state = {i: {k: shard(v, params[i]) for k, v in s.items()} for i, s in checkpoint["optimizer"]["state"].items()}
+        optimizer.load_state_dict({**checkpoint["optimizer"], "state": state})
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
         raise InputError(f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
     if scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
         scaler.load_state_dict(checkpoint["scaler"])
@@ -615,8 +628,12 @@ def step_runs(model, B, T, device, autocast, errors, reserve=0):
         torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)
     return bool(ok), why or "on another process"
 
-def is_out_of_memory(e):
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)  # a CPU's allocator raises a RuntimeError
+def whole_copy(model):
+    """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain GPT."""
+    with torch.device("meta"):  # no memory, no random init: the weights come next
+        copy = GPT(model.config)
+    copy.load_state_dict({k: v.full_tensor() for k, v in model.state_dict().items()}, assign=True)
+    return copy
 
 def import_wandb():
     try:
@@ -629,7 +646,6 @@ def train(cfg):
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
     ddp, master = torch.distributed.is_initialized(), rank == 0
     log = print if master else (lambda *args, **kwargs: None)
-
 
     # everything that can refuse the run does so before anything is written
     from plot import RunLog  # siblings are imported where they are used, so that imports run one way
@@ -648,12 +664,17 @@ def train(cfg):
     autocast, dtype, why = make_autocast(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     raw_model = initial_model(cfg, checkpoint, log).to(device)
+    # FSDP2, in place: each Block, then the root (embeddings, ln_f, the tied lm_head), all-gathered in turn. bf16 stays
+    # autocast's, not FSDP's MixedPrecisionPolicy: DDP's numerics, so a run moves between the two through a checkpoint
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for module in (*raw_model.transformer.h, raw_model):
+            fully_shard(module)
     T = cfg.seq_len
-    B = cfg.batch_size = cfg.batch_size or (fit_batch_size(64, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError,
-                                                            reserve=3 * torch.cuda.memory_allocated(device))[0]) if device.type == "cuda" else 64)
-    if B == 0:
-        raise InputError(f"one sequence of --seq_len {T} does not fit in this GPU's memory with a {raw_model.num_params() / 1e6:.0f}M-parameter "
-                         "model: a shorter --seq_len, a smaller model, or --fsdp over several GPUs")
+    if cfg.batch_size is None and device.type == "cuda":  # B=1 if none fits: its first step ends in main's out-of-memory line
+        cfg.batch_size = max(1, fit_batch_size(64, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError, 3 * torch.cuda.memory_allocated(device))[0]))
+        log(f"--batch_size {cfg.batch_size}: the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory")
+    B = cfg.batch_size = cfg.batch_size or 64
     if cfg.total_batch_size % (B * T * world_size):
         raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
                          f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
@@ -672,7 +693,7 @@ def train(cfg):
         if not works:
             log(f"torch.compile cannot compile here ({failure}): training without it, slower, with the same losses; --no-compile skips the attempt")
     compile_on = model is not raw_model
-    if ddp:
+    if ddp and not cfg.fsdp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
     # float16's range ends at 65504: the loss is scaled up so small gradients do not flush to zero, and a step whose
@@ -685,6 +706,8 @@ def train(cfg):
 
     log(f"model {cfg.init_from or cfg.model or 'gpt2'}: {raw_model.num_params():,} parameters, {raw_model.config}")
     log(f"device {device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why}), compile {'on' if compile_on else 'off'}, {world_size} process(es)")
+    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in raw_model.parameters())
+    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {f'1/{world_size} of them: FSDP' if cfg.fsdp else 'all of them'})")
     log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
     log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
     if cfg.val_tokens > val_loader.total_tokens - 1:
@@ -698,28 +721,33 @@ def train(cfg):
         def due(interval):  # the one rule for periodic work: every `interval` steps (0: never) and after the last
             return not resumed_here and (last_step or (interval > 0 and step % interval == 0))
 
+        # under FSDP on a whole copy of the weights, held meanwhile: ranks score different numbers of batches, rank 0
+        # alone samples, and generation calls hidden_states and lm_head, which FSDP's forward hooks do not gather
+        whole = whole_copy(raw_model) if cfg.fsdp and any(map(due, (cfg.eval_interval, cfg.hellaswag_interval, cfg.sample_interval))) else None
         if due(cfg.eval_interval):
-            val_loss = evaluate(model, val_loader, val_seqs, B, rank, world_size, device, autocast)
+            val_loss = evaluate(whole or model, val_loader, val_seqs, B, rank, world_size, device, autocast)
             run_log.event(step, "val", val_loss)
         if cfg.hellaswag_interval and due(cfg.hellaswag_interval):
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
-            n, _, n_correct_norm = hellaswag.evaluate(raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
+            n, _, n_correct_norm = hellaswag.evaluate(whole or raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
             run_log.event(step, "hella", n_correct_norm / n)
         if due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval)):
             run_log.plot()
-        if master and step > 0 and due(cfg.checkpoint_interval):
-            state = training_state(step, val_loss, raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
-            save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
+        if step > 0 and due(cfg.checkpoint_interval):  # every rank: under FSDP the state is gathered
+            state = training_state(step, val_loss, raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run, keep=master)
+            if master:
+                save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
         if last_step:
             break
         if enc and step > 0 and due(cfg.sample_interval):
             # their own generator leaves the training RNG, and so a resume, as it was
             prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
             with autocast:
-                rows = generate(raw_model, prompt, 32, top_k=50, generator=torch.Generator(device=device).manual_seed(cfg.seed + step))
+                rows = generate(whole or raw_model, prompt, 32, top_k=50, generator=torch.Generator(device=device).manual_seed(cfg.seed + step))
             for i, row in enumerate(rows.tolist()):
                 log(f"sample {i}: {enc.decode(row)!r}")
 
+        whole = None  # its memory is the step's
         # one optimizer step, timed on its own
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -729,7 +757,9 @@ def train(cfg):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # DDP decides in forward whether the backward all-reduces: only the last micro-step syncs
             sync = not ddp or micro_step == grad_accum_steps - 1
-            with contextlib.nullcontext() if sync else model.no_sync():
+            if cfg.fsdp:  # FSDP2's no_sync, set before the backward: the reduce-scatter happens on the last micro-step only
+                raw_model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or cfg.fsdp else model.no_sync():
                 with autocast:
                     _, loss = model(x, y)
                 loss = loss / grad_accum_steps  # the gradient of the mean over the whole batch, not the sum
@@ -769,14 +799,13 @@ def main(argv=None):
         train(cfg)
     except InputError as e:
         raise SystemExit(str(e))
-    except RuntimeError as e:
-        if not is_out_of_memory(e):
+    except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a plain RuntimeError
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
             raise
         with torch.device("meta"):  # the model's size without its memory
-            model = f"--init_from {cfg.init_from}" if cfg.init_from else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
-        B = cfg.batch_size
-        raise SystemExit(f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): "
-                         + (f"pass --batch_size {B // 2} or less" if B and B > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"))
+            size = f"--init_from {cfg.init_from}" if cfg.init_from else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
+        fix = f"pass --batch_size {cfg.batch_size // 2} or less" if (cfg.batch_size or 0) > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"
+        raise SystemExit(f"out of memory ({size}, --batch_size {cfg.batch_size}, --seq_len {cfg.seq_len}): {fix}")
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -151,6 +151,7 @@ BAD_INPUTS = [
     # cuda:99 is missing on every machine, GPU or not (mps too is refused where it is missing)
     row("unavailable device", "train", ["--device", "cuda:99"], 1, "--device cuda:99"),
     row("total batch not divisible by B x T x processes", "train", ["--total_batch_size", "1000"], 1, "not a multiple"),
+    row("--fsdp in a single process", "train", ["--fsdp"], 2, "launch with torchrun"),
     # train_gpt2.py: the data dir
     row("missing data dir", "train", ["--data_dir", "{tmp}/nowhere"], 1, "no train shards"),
     row("empty data dir", "train", ["--data_dir", "{tmp}/data"], 1, "no train shards", lambda t: (t / "data").mkdir()),
