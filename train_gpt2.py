@@ -167,20 +167,22 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * self.config.n_layer * self.config.n_embd * T
 
     @classmethod
-    def from_pretrained(cls, name_or_path):
-        """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder."""
+    def from_pretrained(cls, name_or_path, check=lambda config: None):
+        """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder.
+        check(config) may refuse the architecture before the weights load."""
         if not Path(name_or_path).is_dir() and name_or_path not in GPT2_NAMES:
             raise InputError(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
-        from transformers import GPT2LMHeadModel  # slow to import: only once the name is known to be good
-        try:
+        from transformers import AutoConfig, GPT2LMHeadModel  # slow to import: only once the name is known to be good
+        try:  # the config first, one small file: another architecture is refused before its weights load
+            hc = AutoConfig.from_pretrained(name_or_path)
+            if hc.model_type != "gpt2" or hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
+                raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 ({hc.model_type}, activation {getattr(hc, 'activation_function', None)})")
+            config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd)
+            check(config)
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
             fix = "it is not a save_pretrained folder of a GPT-2" if Path(name_or_path).is_dir() else "check the network, or pass a local folder"
             raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); {fix}")
-        hc = hf.config
-        if hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
-            raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 (activation {hc.activation_function})")
-        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd)
         model = cls(config)
         sd = model.state_dict()
         sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
@@ -600,8 +602,9 @@ def initial_model(cfg, checkpoint, log):
         return GPT(make_model_config(cfg))
     source = Path(cfg.init_from)
     ours = source.is_file() or (source.is_dir() and checkpoint_paths(source))  # else a hub name or save_pretrained folder
-    model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from)
-    check_architecture(dataclasses.asdict(model.config), cfg, f"--init_from {cfg.init_from}")
+    check = lambda config: check_architecture(dataclasses.asdict(config), cfg, f"--init_from {cfg.init_from}")
+    model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from, check)
+    check(model.config)
     return model
 
 def fit_batch_size(B, fits):

@@ -96,6 +96,17 @@ def checkpoint_of_other_data():
     })  # fmt: skip
 
 
+def hf_folder(**config):
+    """A random GPT-2 of the micro preset's shape in transformers' save_pretrained format, at tmp/hf."""
+
+    def make(tmp):
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        GPT2LMHeadModel(GPT2Config(**{"n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2, **config})).save_pretrained(tmp / "hf")
+
+    return make
+
+
 def hella_lines(n):
     with open(HELLA_FILE) as f:
         return list(itertools.islice(f, n))
@@ -180,6 +191,16 @@ BAD_INPUTS = [
     row("resume from a file that is not a training checkpoint", "train", ["--resume"], 1, "model_00001.pt",
         file("log/model_00001.pt", lambda: checkpoint_bytes([1, 2, 3]))),
     row("log dir is a file", "train", [], 1, "--log_dir", file("log", b"not a folder")),
+    # train_gpt2.py --init_from
+    row("unknown hub name to fine-tune", "train", ["--init_from", "gpt5"], 1, "neither a local folder"),
+    row("hub weights unavailable offline", "train", ["--init_from", "gpt2"], 1, "cannot load 'gpt2'"),
+    row("a folder that is not save_pretrained's", "train", ["--init_from", "{tmp}/hf"], 1, "not a save_pretrained folder", file("hf/notes.txt", b"hi")),
+    row("a GPT-2 of another activation", "train", ["--init_from", "{tmp}/hf"], 1, "not a plain GPT-2 (gpt2, activation gelu)", hf_folder(activation_function="gelu")),
+    row("a damaged checkpoint to fine-tune", "train", ["--init_from", "{tmp}/junk.pt"], 1, "damaged", file("junk.pt", b"PK\x03\x04 not a zip")),
+    row("another program's file to fine-tune", "train", ["--init_from", "{tmp}/other.pt"], 1, "not a train_gpt2.py checkpoint",
+        file("other.pt", lambda: checkpoint_bytes([1, 2, 3]))),
+    row("architecture flags against the weights", "train", ["--init_from", "{tmp}/hf", "--n_layer", "3"], 1, "but the flags ask for {'n_layer': 3}", hf_folder()),
+    row("seq_len beyond the weights' block_size", "train", ["--init_from", "{tmp}/hf", "--seq_len", "256"], 1, "--seq_len 256 exceeds the block_size 128", hf_folder()),
     row("log dir that cannot be created", "train", ["--log_dir", "/proc/gpt2-kit/log"], 1, "--log_dir /proc/gpt2-kit/log cannot be created"),
     # train_gpt2.py: tokenizer and HellaSwag
     row("no tokenizer files offline", "train", ["--sample_interval", "1"], 1, "tiktoken", lambda t: (t / "empty").mkdir(), {"TIKTOKEN_CACHE_DIR": "{tmp}/empty"}),

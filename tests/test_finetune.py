@@ -1,0 +1,79 @@
+"""train_gpt2.py --init_from: fine-tuning from Hugging Face weights (a small random GPT-2 saved here with
+save_pretrained, as OpenAI's are loaded) or from one of our checkpoints (bad input: test_errors.py)."""
+import numpy as np
+import pytest
+import torch
+
+STEPS = ["--max_steps", "20", "--eval_interval", "20"]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A random GPT-2 of the micro preset's shape (the tiny flags' --model micro agrees with it), with 50257 rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2))
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    hf.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finetuned(train, tiny, shakespeare_shards, tiny_hf, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("finetuned")
+    proc = train(*tiny, *STEPS, "--data_dir", shakespeare_shards, "--log_dir", log_dir, "--init_from", tiny_hf)
+    assert proc.returncode == 0, proc.stderr
+    return log_dir
+
+
+def hf_val_loss(folder, shards, n_tokens, T):
+    """transformers' mean next-token loss over the first n_tokens of the val split, in rows of T."""
+    from transformers import GPT2LMHeadModel
+
+    tokens = torch.from_numpy(np.load(shards / "shakespeare_val_000000.npy")[: n_tokens + 1].astype(np.int64))
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = hf(tokens[:-1].view(-1, T)).logits
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tokens[1:]).item()
+
+
+def test_step_0_val_loss_is_transformers_loss_and_fine_tuning_lowers_it(finetuned, tiny_hf, shakespeare_shards, log_of):
+    log = log_of(finetuned)
+    assert abs(log[0, "val"] - hf_val_loss(tiny_hf, shakespeare_shards, 4096, 64)) < 1e-4  # log.txt keeps 4 decimals
+    assert log[20, "val"] < log[0, "val"] - 0.5
+    checkpoint = torch.load(finetuned / "model_00020.pt", weights_only=True)
+    assert checkpoint["config"]["vocab_size"] == 50257  # OpenAI's rows, unpadded: no padded row takes probability
+
+
+def test_from_our_checkpoint_step_0_is_its_val_loss_in_a_log_dir_of_its_own(finetuned, train, tiny, shakespeare_shards, log_of,
+                                                                           snapshot_of, tmp_path):
+    before = snapshot_of(finetuned)
+    proc = train(*tiny, "--max_steps", "2", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log", "--init_from", finetuned)
+    assert proc.returncode == 0, proc.stderr
+    saved = torch.load(finetuned / "model_00020.pt", weights_only=True)["val_loss"]
+    assert f"{log_of(tmp_path / 'log')[0, 'val']:.4f}" == f"{saved:.4f}"
+    assert snapshot_of(finetuned) == before
+
+
+def test_resuming_a_fine_tune_continues_from_its_checkpoint(finetuned, train, tiny, shakespeare_shards, log_of, tmp_path):
+    import shutil
+
+    shutil.copytree(finetuned, tmp_path / "log")
+    proc = train(*tiny, *STEPS, "--max_steps", "22", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log",
+                 "--init_from", "gpt2", "--resume")  # gpt2 would need the network: it is not read
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: --init_from gpt2 is not used, the checkpoint holds the weights" in proc.stdout
+    assert sorted(step for step, kind in log_of(tmp_path / "log") if kind == "train") == list(range(22))
+
+
+def test_a_fine_tuned_checkpoint_samples_scores_and_exports(finetuned, run, shared_data, tmp_path):
+    sample = run("sample.py", "--checkpoint", finetuned, "--device", "cpu", "--num_samples", "1", "--max_new_tokens", "8")
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr
+    score = run("hellaswag.py", "--checkpoint", finetuned, "--limit", "8", "--data_dir", shared_data / "hellaswag", "--device", "cpu")
+    assert score.returncode == 0 and "hellaswag val: n=8" in score.stdout, score.stderr
+    export = run("export_hf.py", finetuned, tmp_path / "hf")
+    assert export.returncode == 0, export.stderr
+    from transformers import GPT2LMHeadModel
+
+    assert GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.vocab_size == 50257
