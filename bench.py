@@ -26,10 +26,11 @@ from transformers import GPT2LMHeadModel
 
 import fineweb
 import hellaswag
+from cli import ArgumentParser, InputError, add_flags, check_at_least
 from export_hf import hf_config
 from sample import generate
-from train_gpt2 import (GPT2_VOCAB_SIZE, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPT, ArgumentParser, GPTConfig, InputError, TrainConfig,
-                        add_flags, check_at_least, check_model_config, gpt2_tokenizer, make_autocast, make_model_config, peak_flops, pick_device)
+from train_gpt2 import (GPT2_VOCAB_SIZE, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPT, GPTConfig, TrainConfig, check_model_config, gpt2_tokenizer,
+                        make_autocast, make_model_config, peak_flops, pick_device)
 
 # defaults of the flags left unset; the first tier that names a flag wins (--quick, then the device, then all)
 QUICK = dict(model="micro", n_layer=1, batch_size=2, seq_len=32, compile=False, repeats=2, matmul_size=512,

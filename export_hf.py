@@ -16,7 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-from train_gpt2 import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, ArgumentParser, InputError, gpt2_tokenizer
+from cli import ArgumentParser, InputError
+from train_gpt2 import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, gpt2_tokenizer
 
 
 def hf_config(config, vocab_size=None, **kwargs):

@@ -32,6 +32,8 @@ import pyarrow.parquet as pq
 import tiktoken
 from tqdm import tqdm
 
+from cli import ArgumentParser, InputError
+
 FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 EOT = 50256  # <|endoftext|> opens every document: it tells the model that a new, unrelated text begins
@@ -39,13 +41,7 @@ MANIFEST = "manifest.json"
 DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: offline, fail fast instead of hanging
 
 # No torch here, and so nothing from train_gpt2.py, which imports it: every tokenizer process would load it for
-# nothing (spawned ones import this file anew). What this file shares with the others is therefore its own:
-# the one-line flag errors (Parser), InputError and the EOT id.
-
-
-class InputError(Exception):
-    """Bad input or output folder: one line, no traceback. Not SystemExit, because documents are read
-    in the Pool's feeder thread, which passes only Exceptions on to the main thread."""
+# nothing (spawned ones import this file anew). It shares cli.py (the one-line errors, InputError) with the others.
 
 
 # -----------------------------------------------------------------------------
@@ -275,17 +271,8 @@ def count(value):
     return int(number)
 
 
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass  # defaults after each flag, and the usage examples above them as written
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line: a usage block would bury the message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_args(argv):
-    parser = Parser(description=__doc__, formatter_class=Formatter)
+    parser = ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", nargs="+", metavar="FILE", help="local .txt (one document per file), .jsonl or .parquet (one document per row) files or globs, read in the order given")
     source.add_argument("--dataset", default=FINEWEB_EDU, help="HuggingFace dataset (its train split), or tinyshakespeare (downloaded once to tinyshakespeare/input.txt beside this script)")

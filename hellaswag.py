@@ -29,7 +29,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, GPT, ArgumentParser, InputError, check_at_least, first_line, gpt2_tokenizer, make_autocast, pick_device
+from cli import ArgumentParser, InputError, check_at_least, first_line
+from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, GPT, gpt2_tokenizer, make_autocast, pick_device
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 DATA_DIR = Path(__file__).resolve().parent / "hellaswag"  # download cache, beside this script

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from train_gpt2 import ArgumentParser, InputError
+from cli import ArgumentParser, InputError
 
 GPT2_124M_VAL_LOSS = 3.2924  # OpenAI's GPT-2 124M on the FineWeb-Edu 10B val shard
 GPT2_124M_HELLASWAG = 0.2955  # acc_norm, completion-style scoring (hellaswag.py)

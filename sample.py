@@ -18,8 +18,8 @@ import sys
 import torch
 from torch.nn import functional as F
 
-from train_gpt2 import (DEVICE_FLAG, DTYPE_FLAG, EOT_TOKEN, GPT, GPT2_VOCAB_SIZE, ArgumentParser, InputError, check_at_least, gpt2_tokenizer,
-                        make_autocast, pick_device)
+from cli import ArgumentParser, InputError, check_at_least
+from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, EOT_TOKEN, GPT, GPT2_VOCAB_SIZE, gpt2_tokenizer, make_autocast, pick_device
 
 
 class KVCache:

@@ -18,8 +18,7 @@ import math
 import os
 import re
 import time
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +26,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from cli import ArgumentParser, InputError, add_flags, check_at_least, first_line, flag  # the command line all scripts share
+
 EOT_TOKEN = 50256           # <|endoftext|> of the GPT-2 BPE: starts every document
 GPT2_VOCAB_SIZE = 50257     # real tokens; ids at or above this are embedding padding, never data
 PADDED_VOCAB_SIZE = 50304   # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the Hugging Face hub
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D in HF: (in, out)
-
-class InputError(Exception):
-    """Something the user can fix (a flag, a file, the data, a diverging run): the message says what is wrong and what
-    to do. Library code raises it, so a notebook survives it; each script's main() prints it as one line, exit status 1."""
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 # -----------------------------------------------------------------------------
 # the model
@@ -357,37 +351,6 @@ def peak_flops(device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help keeps the usage examples as written and shows each flag's default, unless its help explains it."""
-    def _get_help_string(self, action):
-        if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in action.help:
-            return action.help
-        return action.help + " (default: %(default)s)"
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
-    def __init__(self, **kwargs):
-        super().__init__(formatter_class=HelpFormatter, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-def flag(default, help, **kwargs):
-    return field(default=default, metadata=dict(help=help, **kwargs))
-
-def add_flags(parser, config_class, names=None):
-    """A --flag for each field of a config dataclass (or each of `names`), typed by its annotation; --no-flag for booleans."""
-    hints = typing.get_type_hints(config_class)
-    for f in dataclasses.fields(config_class):
-        if names is None or f.name in names:
-            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
-            kwargs = dict(f.metadata)
-            if kind is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                kwargs.setdefault("type", kind)
-            parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
-
 # -----------------------------------------------------------------------------
 # training configuration: its fields are the command-line flags
 @dataclass
@@ -444,11 +407,6 @@ def parse_args(argv=None):
     if cfg.init_from is None:  # else the weights' architecture, checked once they are loaded
         check_model_config(parser, make_model_config(cfg), cfg)
     return cfg
-
-def check_at_least(parser, args, minimum, names):
-    for name in names:
-        if (value := getattr(args, name)) is not None and value < minimum:
-            parser.error(f"--{name} must be {'at least 1' if minimum else '0 or more'}, got {value}")
 
 def check_model_config(parser, model_config, args):
     if model_config.n_embd % model_config.n_head:
@@ -814,8 +772,8 @@ def main(argv=None):
             torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
-    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, plot) import
-    # train_gpt2, and must raise the InputError that main catches, not a second copy of it
+    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, plot, sample) import
+    # train_gpt2, and would otherwise load a second copy of this file, with classes of the same names but not the same
     from train_gpt2 import main
 
     main()

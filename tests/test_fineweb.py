@@ -126,11 +126,12 @@ def test_one_and_two_processes_write_identical_bytes(run, tmp_path, corpus):
 def test_tiny_shakespeare_download_that_fails_leaves_nothing_behind(tmp_path):
     (tmp_path / "kit").mkdir()
     script = shutil.copy(FINEWEB, tmp_path / "kit")  # the download goes beside the script: here, a folder of the test's
+    shutil.copy(Path(FINEWEB).with_name("cli.py"), tmp_path / "kit")  # what fineweb.py imports
     offline = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}  # refused at once
     result = subprocess.run([sys.executable, script, "--dataset", "tinyshakespeare"], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, **offline, "NO_PROXY": "", "no_proxy": ""}, timeout=120)
     assert result.returncode == 1 and "cannot download" in result.stderr and "--input" in result.stderr, result.stderr
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kit", "kit/fineweb.py"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kit", "kit/cli.py", "kit/fineweb.py"]
 
 
 def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(run, tmp_path, shared_data):
