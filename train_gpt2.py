@@ -69,11 +69,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)
-        # a single new query sees every cached key; a block of queries needs the causal mask. A branch, not
-        # is_causal=T > 1: compiled with dynamic shapes (sample.py --compile), T > 1 is symbolic, not the bool SDPA takes
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True) if T > 1 else F.scaled_dot_product_attention(q, k, v)
+        mask = None
+        if kv_cache is not None:  # generation (sample.py): every cached key and value, and which of them each query sees
+            k, v, mask = kv_cache.update(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -133,9 +132,9 @@ class GPT(nn.Module):
         """The final LayerNorm's output (B, T, n_embd), which lm_head turns into logits: scorers (hellaswag.py) and
         generation (sample.py) apply lm_head only where they need logits, its 50304 columns being most of the cost."""
         B, T = idx.size()
-        start = kv_cache[0].length if kv_cache else 0
-        assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
+        # generation's cache holds where its tokens go in a tensor: a compiled decode step then reads no changing int
+        pos = kv_cache[0].positions(T) if kv_cache else torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache[i] if kv_cache else None)
