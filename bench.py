@@ -8,8 +8,7 @@ Our fast paths against their usual alternatives, each pair in one process on the
   train      our optimizer step (compile, autocast, fused AdamW) vs transformers' GPT2LMHeadModel, eager: tok/s, MFU
   generate   sample.generate at batch 1 with the KV cache vs recomputing the context for every token
   hellaswag  hellaswag.evaluate, 16 examples per forward, vs one example per forward with every position's logits
-  fineweb    fineweb.py's process pool vs one process calling encode_ordinary in a loop (and num_proc such loops
-             side by side: the cores' ceiling)
+  fineweb    fineweb.py's process pool vs one process's encode_ordinary loop (and num_proc loops side by side: the ceiling)
 
 The sides are warmed up, then timed alternately (a shared machine's speed drifts); the medians make a table, then
 one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded if missing) and tinyshakespeare/input.txt

@@ -6,8 +6,8 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
     torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
     python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
 
-Importing this file defines things and nothing else (the other scripts import the model and the command-line
-helpers from here); training runs only under __main__.
+Importing this file defines things and nothing else (the other scripts import the model, the device and the precision
+from here; cli.py holds what every script's command line shares); training runs only under __main__.
 The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
 """
 
@@ -337,7 +337,7 @@ def make_autocast(dtype, device):
     why = f"--dtype {dtype}"
     if dtype == "auto":
         dtype = "bfloat16" if native_bf16 else "float16" if cc and cc[0] == 7 else "float32"
-        why = f"auto: {hardware} has " + ("native bf16" if native_bf16 else "fp16 tensor cores but no native bf16" if cc and cc[0] == 7 else "no native bf16")
+        why = f"auto: {hardware} has native bf16" if native_bf16 else f"auto: {hardware} has fp16 tensor cores, no native bf16" if dtype == "float16" else f"auto: float32 on {hardware}"
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     dtype = getattr(torch, dtype)
@@ -419,6 +419,10 @@ def make_model_config(cfg):
 
 def check_architecture(config, cfg, source):
     """The architecture flags given (--model, --n_layer, ...) must be those of the weights a run starts from."""
+    if not isinstance(config, dict) or set(config) - {f.name for f in dataclasses.fields(GPTConfig)}:
+        raise InputError(f"{source} holds no GPTConfig ({config!r}): it was not written by train_gpt2.py")
+    if config.get("vocab_size", GPT2_VOCAB_SIZE) < GPT2_VOCAB_SIZE:  # the data's token ids would index past its embedding
+        raise InputError(f"{source} has a vocabulary of {config['vocab_size']}, fewer than GPT-2's {GPT2_VOCAB_SIZE} tokens in the shards")
     asked = {**MODEL_PRESETS.get(cfg.model, {}), **{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}}
     if differ := {k: v for k, v in asked.items() if config.get(k) != v}:
         raise InputError(f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags, or match them")
@@ -463,7 +467,7 @@ def training_state(step, val_loss, model, optimizer, scaler, train_loader, devic
     dicts are a single process's, whether or not FSDP sharded the model: every rank calls this, only rank 0 keeps them."""
     def full(t):  # an FSDP shard (a DTensor) gathered tensor by tensor: an all-gather, which every rank joins
         return t.full_tensor().to("cpu" if keep else "meta") if hasattr(t, "full_tensor") else t  # meta: dropped at once
-    model_state, opt = {k: full(v) for k, v in model.state_dict().items()}, optimizer.state_dict()
+    model_state, opt = {k: full(v) for k, v in model.state_dict().items() if k != "lm_head.weight"}, optimizer.state_dict()
     model_state["lm_head.weight"] = model_state["transformer.wte.weight"]  # tied to wte: one tensor, saved once
     return {"model": model_state, "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
             "optimizer": {**opt, "state": {i: {k: full(v) for k, v in s.items()} for i, s in opt["state"].items()}},
@@ -492,7 +496,7 @@ def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loa
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
     log(f"resuming from {path} at step {checkpoint['step']}")
     saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
-    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir", "init_from") and getattr(cfg, k, v) != v]:
+    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir", "init_from") and getattr(cfg, k, v) not in (v, None)]:
         log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
     return checkpoint["step"], checkpoint["val_loss"]
 
@@ -564,8 +568,11 @@ def initial_model(cfg, checkpoint, log):
     check(model.config)
     return model
 
-def fit_batch_size(B, fits):
-    """The largest of B, B/2, B/4 ... 1 for which fits(B) is true, 0 if none. fits is an argument so a CPU test can drive it."""
+def fit_batch_size(rows, fits):
+    """The micro-batch for `rows` sequences per optimizer step and process: the largest of 64 (build-nanogpt's), 32, 16 ...
+    1 that divides rows, so accumulation makes up the exact batch, and for which fits(B) is true; 0 if none does.
+    fits is an argument so that a CPU test can drive it."""
+    B = math.gcd(64, rows)
     while B >= 1 and not fits(B):
         B //= 2
     return B
@@ -592,7 +599,8 @@ def whole_copy(model):
     """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain GPT."""
     with torch.device("meta"):  # no memory, no random init: the weights come next
         copy = GPT(model.config)
-    copy.load_state_dict({k: v.full_tensor() for k, v in model.state_dict().items()}, assign=True)
+    copy.load_state_dict({k: v.full_tensor() for k, v in model.state_dict().items() if k != "lm_head.weight"}, strict=False, assign=True)
+    copy.lm_head.weight = copy.transformer.wte.weight  # tied, as in the model: gathered once
     return copy
 
 def import_wandb():
@@ -621,6 +629,19 @@ def train(cfg):
 
         hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
 
+    # B: as given; on a resume, the run's own; else the largest of 64, 32 ... that divides the step's sequences (on a GPU
+    # then halved until a step fits, below). The data are read here with it, before the model is built or fitted
+    T, saved_args = cfg.seq_len, checkpoint.get("args") if checkpoint is not None and isinstance(checkpoint.get("args"), dict) else {}
+    B = cfg.batch_size or saved_args.get("batch_size") or fit_batch_size(cfg.total_batch_size // (T * world_size), lambda b: True)
+    if cfg.total_batch_size % (B * T * world_size):
+        raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
+                         f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
+    train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
+    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
+    val_seqs = min(cfg.val_tokens, val_loader.total_tokens - 1) // T
+    if val_seqs == 0:
+        raise InputError(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+
     autocast, dtype, why = make_autocast(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     raw_model = initial_model(cfg, checkpoint, log).to(device)
@@ -630,20 +651,13 @@ def train(cfg):
         from torch.distributed.fsdp import fully_shard
         for module in (*raw_model.transformer.h, raw_model):
             fully_shard(module)
-    T = cfg.seq_len
-    if cfg.batch_size is None and device.type == "cuda":  # B=1 if none fits: its first step ends in main's out-of-memory line
-        cfg.batch_size = max(1, fit_batch_size(64, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError, 3 * torch.cuda.memory_allocated(device))[0]))
-        log(f"--batch_size {cfg.batch_size}: the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory")
-    B = cfg.batch_size = cfg.batch_size or 64
-    if cfg.total_batch_size % (B * T * world_size):
-        raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
-                         f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
+    if cfg.batch_size is None and checkpoint is None and device.type == "cuda":
+        # what training adds later is held aside: AdamW's two moments and DDP's buckets, three more copies of the weights
+        reserve = 3 * torch.cuda.memory_allocated(device)
+        B = max(1, fit_batch_size(B, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError, reserve)[0]))
+        log(f"--batch_size {B}: the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory (1: none does)")
+    cfg.batch_size = train_loader.B = B  # main's out-of-memory line names it
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
-    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
-    val_seqs = min(cfg.val_tokens, val_loader.total_tokens - 1) // T
-    if val_seqs == 0:
-        raise InputError(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
 
     model = raw_model
     if cfg.compile if cfg.compile is not None else device.type == "cuda":
@@ -745,7 +759,9 @@ def train(cfg):
 
         tokens_per_sec, norm_value = cfg.total_batch_size / dt, norm.item()
         mfu = flops_per_step / dt / world_size / peak if peak else None
-        fp16 = f" | scale {scale:.0f}" + (" | skipped: float16 gradients overflowed, scale lowered" if scaler.get_scale() < scale else "") if scaler.is_enabled() else ""
+        fp16 = f" | scale {scale:.0f}" if scaler.is_enabled() else ""
+        if scaler.get_scale() < scale:  # lowered: this step's float16 gradients overflowed, and the optimizer skipped it
+            fp16 += " | skipped: float16 gradients overflowed, scale lowered"
         log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}{fp16}")
         run_log.event(step, "train", loss_value)
         run_log.metrics(step, lr=lr, norm=norm_value, tok_per_sec=tokens_per_sec, **({"mfu": mfu} if mfu else {}))
@@ -762,16 +778,17 @@ def main(argv=None):
     except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a plain RuntimeError
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
             raise
+        B = cfg.batch_size
         with torch.device("meta"):  # the model's size without its memory
-            size = f"--init_from {cfg.init_from}" if cfg.init_from else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
-        fix = f"pass --batch_size {cfg.batch_size // 2} or less" if (cfg.batch_size or 0) > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"
-        raise SystemExit(f"out of memory ({size}, --batch_size {cfg.batch_size}, --seq_len {cfg.seq_len}): {fix}")
+            model = f"the weights of {cfg.init_from or cfg.log_dir}" if cfg.init_from or cfg.resume else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
+        fix = f"pass --batch_size {B // 2} or less" if B and B > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"
+        raise SystemExit(f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): {fix}")
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
-    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, plot, sample) import
+    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, sample) import
     # train_gpt2, and would otherwise load a second copy of this file, with classes of the same names but not the same
     from train_gpt2 import main
 

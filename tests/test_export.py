@@ -7,6 +7,8 @@ import torch
 from export_hf import export_hf
 from train_gpt2 import GPT, GPTConfig, gpt2_tokenizer
 
+pytestmark = pytest.mark.xdist_group("export")  # one worker: its module fixtures are computed once
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

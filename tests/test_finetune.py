@@ -1,8 +1,12 @@
 """train_gpt2.py --init_from: fine-tuning from Hugging Face weights (a small random GPT-2 saved here with
 save_pretrained, as OpenAI's are loaded) or from one of our checkpoints (bad input: test_errors.py)."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
+
+pytestmark = pytest.mark.xdist_group("finetune")  # one worker: its module fixtures are computed once
 
 STEPS = ["--max_steps", "20", "--eval_interval", "20"]
 
@@ -56,14 +60,16 @@ def test_from_our_checkpoint_step_0_is_its_val_loss_in_a_log_dir_of_its_own(fine
     assert snapshot_of(finetuned) == before
 
 
-def test_resuming_a_fine_tune_continues_from_its_checkpoint(finetuned, train, tiny, shakespeare_shards, log_of, tmp_path):
-    import shutil
-
+def test_resuming_a_fine_tune_continues_from_its_checkpoint_without_its_flags(finetuned, train, tiny, shakespeare_shards, log_of, tmp_path):
     shutil.copytree(finetuned, tmp_path / "log")
-    proc = train(*tiny, *STEPS, "--max_steps", "22", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log",
+    # the architecture and the micro-batch are the checkpoint's, so the flags may leave them out
+    bare = [a for i, a in enumerate(tiny) if a not in ("--model", "--batch_size") and tiny[i - 1] not in ("--model", "--batch_size")]
+    proc = train(*bare, *STEPS, "--max_steps", "22", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log",
                  "--init_from", "gpt2", "--resume")  # gpt2 would need the network: it is not read
     assert proc.returncode == 0, proc.stderr
     assert "resuming: --init_from gpt2 is not used, the checkpoint holds the weights" in proc.stdout
+    assert "512 tokens per step = 4 x 64 x 1 processes x 2 accumulation steps" in proc.stdout
+    assert "flags changed since that checkpoint, the run goes on with the new values: --max_steps 20 -> 22" in proc.stdout.splitlines()
     assert sorted(step for step, kind in log_of(tmp_path / "log") if kind == "train") == list(range(22))
 
 

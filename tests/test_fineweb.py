@@ -18,6 +18,8 @@ import tiktoken
 
 import fineweb
 
+pytestmark = pytest.mark.xdist_group("fineweb")  # one worker: its module fixtures are computed once
+
 FINEWEB = str(Path(fineweb.__file__))
 EOT = 50256
 enc = tiktoken.get_encoding("gpt2")

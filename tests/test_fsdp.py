@@ -7,6 +7,8 @@ import torch
 
 from train_gpt2 import GPT, GPTConfig
 
+pytestmark = pytest.mark.xdist_group("fsdp")  # one worker: its module fixtures are computed once
+
 # 2 ranks x 2 micro-steps of B=2; 65 val sequences, so the ranks score 16 and 17 batches of them. The clip acts on
 # the first two steps (norms 2.29 and 2.28). A clip acting on every step would part the runs by 2e-5: float32 rounds
 # the global norm summed over shards a little differently (1e-6) from the norm over whole tensors, and AdamW grows that

@@ -8,6 +8,8 @@ import torch
 
 from train_gpt2 import fit_batch_size
 
+pytestmark = pytest.mark.xdist_group("hardware")  # one worker: its module fixtures are computed once
+
 # float16 matmuls are emulated on CPUs: 32 tokens a step, a 32-wide model, the val loss only at the end
 SMALL = ["--batch_size", "1", "--seq_len", "16", "--total_batch_size", "32", "--n_embd", "32", "--val_tokens", "64",
          "--eval_interval", "0", "--max_steps", "20", "--checkpoint_interval", "10"]  # fmt: skip
@@ -75,13 +77,14 @@ def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(runs, t
 
 
 def test_the_batch_fitter_halves_to_the_largest_batch_that_fits_and_keeps_the_total():
-    T, total = 1024, 524288
-    for memory_rows, expected in [(64, 64), (63, 32), (20, 16), (1, 1), (0, 0)]:
+    T = 1024
+    for total, memory_rows, expected in [(524288, 64, 64), (524288, 63, 32), (524288, 20, 16), (524288, 1, 1), (524288, 0, 0),
+                                         (32768, 64, 32), (3 * 1024, 64, 1)]:  # 32 or 3 sequences a step: B must divide them
         tried = []
-        B = fit_batch_size(64, lambda b: tried.append(b) or b <= memory_rows)
-        assert B == expected and tried == [64 >> i for i in range(len(tried))]
+        B = fit_batch_size(total // T, lambda b: tried.append(b) or b <= memory_rows)
+        assert B == expected and tried == [tried[0] >> i for i in range(len(tried))], (total, memory_rows, tried)
         if B:
-            assert total % (B * T) == 0  # more accumulation steps make up the same 2**19 tokens a step
+            assert total % (B * T) == 0  # more accumulation steps make up the same tokens a step
 
 
 def test_compile_without_a_compiler_says_so_once_and_trains_eagerly(runs, train, tiny, shakespeare_shards, log_of, tmp_path):

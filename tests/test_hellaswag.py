@@ -14,6 +14,8 @@ import torch
 import hellaswag
 from train_gpt2 import GPT, GPTConfig, InputError
 
+pytestmark = pytest.mark.xdist_group("hellaswag")  # one worker: its module fixtures are computed once
+
 N = 1000  # val examples scored against the reference loop
 CPU, FP32 = torch.device("cpu"), torch.autocast("cpu", enabled=False)
 

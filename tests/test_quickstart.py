@@ -21,7 +21,7 @@ def test_readme_quick_start_runs(repo, shared_data, tmp_path):
     short = short.replace("--sample_interval 100", "--sample_interval 2").replace("--compile", "--no-compile").replace("--max_new_tokens 80", "--max_new_tokens 10")
     short = short.replace("--val_tokens 32000", "--val_tokens 4096")  # 3 evaluations of 32,000 tokens are most of the time
     assert short.count("--max_steps 4") == 1 and "--no-compile" in short and "--input" in short and "--val_tokens 4096" in short
-    for script in ("fineweb.py", "train_gpt2.py", "sample.py", "hellaswag.py", "plot.py"):
+    for script in ("cli.py", "fineweb.py", "train_gpt2.py", "sample.py", "hellaswag.py", "plot.py"):
         shutil.copy(repo / script, tmp_path)
     proc = subprocess.run(["bash", "-c", short], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

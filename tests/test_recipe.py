@@ -10,6 +10,8 @@ from torch.nn import functional as F
 
 from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, evaluate, get_lr, make_model_config, parse_args
 
+pytestmark = pytest.mark.xdist_group("recipe")  # one worker: its module fixtures are computed once
+
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D: (in, out)
 FP32 = torch.autocast("cpu", enabled=False)
 
@@ -138,6 +140,7 @@ def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(train, l
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert "4 accumulation steps" in one.stdout and "2 processes x 2 accumulation steps" in two.stdout
+    assert len(two.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
     a, b = log_of(tmp_path / "one"), log_of(tmp_path / "two")
     assert a.keys() == b.keys()
     for key in a:

@@ -8,6 +8,8 @@ import torch
 from sample import generate
 from train_gpt2 import GPT2_VOCAB_SIZE, GPT, GPTConfig, PADDED_VOCAB_SIZE
 
+pytestmark = pytest.mark.xdist_group("sample")  # one worker: its module fixtures are computed once
+
 PROMPT = "Hello, I'm a language model,"
 
 
