@@ -362,7 +362,7 @@ class TrainConfig:
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
     init_from: str | None = flag(None, "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder, or one of our checkpoints (model_*.pt, or a log dir: its newest)")
-    batch_size: int | None = flag(None, "B: sequences per micro-step per process (default: 64; on a GPU halved until a step fits in its memory)")
+    batch_size: int | None = flag(None, "B: sequences per micro-step per process (default: 64, or the largest power of two dividing the step's sequences; on a GPU then halved until a step fits; on a resume the run's)")
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
     total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, ~0.5M as in GPT-3 small); gradient accumulation makes up the rest")
     max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small); cosine-decays to 10%% of it")

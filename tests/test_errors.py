@@ -201,9 +201,9 @@ BAD_INPUTS = [
     row("a damaged checkpoint to fine-tune", "train", ["--init_from", "{tmp}/junk.pt"], 1, "damaged", file("junk.pt", b"PK\x03\x04 not a zip")),
     row("another program's file to fine-tune", "train", ["--init_from", "{tmp}/other.pt"], 1, "not a train_gpt2.py checkpoint",
         file("other.pt", lambda: checkpoint_bytes([1, 2, 3]))),
-    row("a GPT-2 of a smaller vocabulary", "train", ["--init_from", "{tmp}/hf"], 1, "has a vocabulary of 1000", hf_folder(vocab_size=1000)),
+    row("a GPT-2 of a smaller vocabulary", "train", ["--init_from", "{tmp}/hf"], 1, "has a vocabulary of 1000", hf_folder(vocab_size=1000, bos_token_id=0, eos_token_id=0)),
     row("architecture flags against the weights", "train", ["--init_from", "{tmp}/hf", "--n_layer", "3"], 1, "but the flags ask for {'n_layer': 3}", hf_folder()),
-    row("seq_len beyond the weights' block_size", "train", ["--init_from", "{tmp}/hf", "--seq_len", "256"], 1, "--seq_len 256 exceeds the block_size 128", hf_folder()),
+    row("seq_len beyond the weights' block_size", "train", ["--init_from", "{tmp}/hf", "--seq_len", "256", "--total_batch_size", "1024"], 1, "--seq_len 256 exceeds the block_size 128", hf_folder()),
     row("log dir that cannot be created", "train", ["--log_dir", "/proc/gpt2-kit/log"], 1, "--log_dir /proc/gpt2-kit/log cannot be created"),
     # train_gpt2.py: tokenizer and HellaSwag
     row("no tokenizer files offline", "train", ["--sample_interval", "1"], 1, "tiktoken", lambda t: (t / "empty").mkdir(), {"TIKTOKEN_CACHE_DIR": "{tmp}/empty"}),

@@ -99,7 +99,7 @@ def test_compile_without_a_compiler_says_so_once_and_trains_eagerly(runs, train,
 
 
 @pytest.mark.parametrize("flags, says", [
-    (["--batch_size", "8192", "--total_batch_size", "524288"], "out of memory (micro, 3.3M parameters, --batch_size 8192, --seq_len 64): pass --batch_size 4096 or less"),
+    (["--batch_size", "4096", "--total_batch_size", "262144"], "out of memory (micro, 3.3M parameters, --batch_size 4096, --seq_len 64): pass --batch_size 2048 or less"),
     (["--batch_size", "1", "--total_batch_size", "64", "--n_embd", str(2**20)], "out of memory (micro, 26,441,190.2M parameters, --batch_size 1, --seq_len 64): a shorter --seq_len"),
 ])  # fmt: skip
 def test_out_of_memory_is_one_line_naming_the_batch(train, tiny, shakespeare_shards, tmp_path, flags, says):
