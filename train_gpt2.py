@@ -653,7 +653,8 @@ def train(cfg):
             fully_shard(module)
     if cfg.batch_size is None and checkpoint is None and device.type == "cuda":
         # what training adds later is held aside: AdamW's two moments and DDP's buckets, three more copies of the weights
-        reserve = 3 * torch.cuda.memory_allocated(device)
+        # (under FSDP of this rank's shards, plus the whole gradients that accumulation keeps between micro-steps)
+        reserve = 3 * torch.cuda.memory_allocated(device) + (4 * raw_model.num_params() if cfg.fsdp else 0)
         B = max(1, fit_batch_size(B, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError, reserve)[0]))
         log(f"--batch_size {B}: the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory (1: none does)")
     cfg.batch_size = train_loader.B = B  # main's out-of-memory line names it
@@ -678,7 +679,7 @@ def train(cfg):
         start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
     run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
 
-    log(f"model {cfg.init_from or cfg.model or 'gpt2'}: {raw_model.num_params():,} parameters, {raw_model.config}")
+    log(f"model {resume_path or cfg.init_from or cfg.model or 'gpt2'}: {raw_model.num_params():,} parameters, {raw_model.config}")
     log(f"device {device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why}), compile {'on' if compile_on else 'off'}, {world_size} process(es)")
     local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in raw_model.parameters())
     log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {f'1/{world_size} of them: FSDP' if cfg.fsdp else 'all of them'})")
