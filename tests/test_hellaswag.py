@@ -102,6 +102,7 @@ def test_cli_scores_match_a_per_ending_reference_loop_in_float32_by_default(run,
     common = ["--data_dir", str(val_file.parent), "--limit", str(n), "--device", "cpu"]  # no --dtype: float32 on any CPU
     proc = run("hellaswag.py", *model, *common)
     assert proc.returncode == 0, proc.stderr
+    assert "float32 (--dtype float32)" in proc.stdout  # the default itself, not auto (float32 on some CPUs only)
     assert proc.stdout.splitlines()[-1] == expected_line(reference[:n])
 
 
