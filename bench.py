@@ -15,7 +15,20 @@ one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded 
 (python fineweb.py --dataset tinyshakespeare), or --hellaswag_dir and --text. Defaults: QUICK, PER_DEVICE, ALL below.
 """
 
-import argparse, contextlib, datetime, io, itertools, json, multiprocessing, os, platform, random, shutil, statistics, tempfile, time
+import argparse
+import contextlib
+import datetime
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import statistics
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +40,34 @@ import fineweb
 import hellaswag
 from cli import ArgumentParser, InputError, add_flags, check_at_least
 from export_hf import hf_config
+from hardware import make_autocast, peak_flops, pick_device
 from sample import generate
-from train_gpt2 import (GPT2_VOCAB_SIZE, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPT, GPTConfig, TrainConfig, check_model_config, gpt2_tokenizer,
-                        make_autocast, make_model_config, peak_flops, pick_device)
+from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
+from train_gpt2 import (
+    GPT,
+    MODEL_PRESETS,
+    PADDED_VOCAB_SIZE,
+    GPTConfig,
+    TrainConfig,
+    check_model_config,
+    make_model_config,
+)
 
 # defaults of the flags left unset; the first tier that names a flag wins (--quick, then the device, then all)
-QUICK = dict(model="micro", n_layer=1, batch_size=2, seq_len=32, compile=False, repeats=2, matmul_size=512,
-             generate_model="micro", new_tokens=8, hellaswag_n=8, hellaswag_batch=4, fineweb_docs=40)
+QUICK = dict(
+    model="micro",
+    n_layer=1,
+    batch_size=2,
+    seq_len=32,
+    compile=False,
+    repeats=2,
+    matmul_size=512,
+    generate_model="micro",
+    new_tokens=8,
+    hellaswag_n=8,
+    hellaswag_batch=4,
+    fineweb_docs=40,
+)
 PER_DEVICE = {
     "cpu": dict(model="mini", batch_size=8, repeats=5, matmul_size=2048),  # about 3 minutes on 2 cores
     "cuda": dict(model="gpt2", batch_size=16, repeats=10, matmul_size=8192),  # B=16 fits any 40 GB GPU
@@ -44,9 +78,11 @@ PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of 
 # -----------------------------------------------------------------------------
 # timing and reporting
 
+
 def sync(device):  # GPU kernels run asynchronously: a timer read before they finish measures only the launch
     if device.type in ("cuda", "mps"):
         torch.cuda.synchronize(device) if device.type == "cuda" else torch.mps.synchronize()
+
 
 def interleaved(runs, repeats, device, warmup=1):
     """Median seconds of each run (name -> function), called alternately after warm-up calls; and what each returned last."""
@@ -63,6 +99,7 @@ def interleaved(runs, repeats, device, warmup=1):
             seconds[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in seconds.items()}, results
 
+
 def compare(runs, repeats, device, amount, unit, warmup=1):
     """interleaved as figures: `amount` per second of each run ({name}_{unit}_per_s), the first's over the second's (ratio)."""
     seconds, results = interleaved(runs, repeats, device, warmup)
@@ -70,17 +107,27 @@ def compare(runs, repeats, device, amount, unit, warmup=1):
     first, second = list(runs)[:2]
     return figures | {"ratio": figures[f"{first}_{unit}_per_s"] / figures[f"{second}_{unit}_per_s"]}, results
 
+
 def si(x, unit):
     """3 significant digits with a k/M/G/T prefix: 2,310 -> '2.31k tok/s'."""
     prefix, scale = next(((p, s) for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(x) >= s), ("", 1))
     return f"{x / scale:.3g}{prefix} {unit}"
 
+
 def report(row, ours, baseline, ratio, notes):  # one line of the table
     print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
 
+
 def agreement(same, dtype, what):
     # in float32 both sides must agree exactly; bf16 or fp16 rounds two shapes differently, so a near tie can go either way
-    return f"same {what}" if same else f"{what} differ ({str(dtype)[6:]} rounds the sides differently)" if dtype != torch.float32 else f"WARNING: {what} differ"
+    return (
+        f"same {what}"
+        if same
+        else f"{what} differ ({str(dtype)[6:]} rounds the sides differently)"
+        if dtype != torch.float32
+        else f"WARNING: {what} differ"
+    )
+
 
 def eager_model(dims, args, device):
     """An eager GPT with room for every generated token (no sliding window), its weights far wider than the 0.02 init,
@@ -93,23 +140,39 @@ def eager_model(dims, args, device):
             p.normal_(1.0 if gain else 0.0, 0.1 if gain else 0.3)
     return model.to(device).eval()
 
+
 # -----------------------------------------------------------------------------
 # the benchmarks: each prints its row and returns a dict of figures
+
 
 def matmul(n, device, dtype):  # an n x n x n matmul, 2 n^3 FLOPs: the device's practical peak in that dtype
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return lambda: a @ b
 
+
 def bench_matmul(n, device, repeats):
-    seconds, _ = interleaved({"bf16": matmul(n, device, torch.bfloat16), "fp32": matmul(n, device, torch.float32)}, repeats, device, warmup=2)
+    seconds, _ = interleaved(
+        {"bf16": matmul(n, device, torch.bfloat16), "fp32": matmul(n, device, torch.float32)}, repeats, device, warmup=2
+    )
     figures = {f"{name}_flops": 2 * n**3 / s for name, s in seconds.items()}
-    report("matmul peak", si(figures["bf16_flops"], "FLOP/s") + " (bf16)", si(figures["fp32_flops"], "FLOP/s") + " (fp32)",
-           figures["bf16_flops"] / figures["fp32_flops"], f"{n}^3, measured")
+    report(
+        "matmul peak",
+        si(figures["bf16_flops"], "FLOP/s") + " (bf16)",
+        si(figures["fp32_flops"], "FLOP/s") + " (fp32)",
+        figures["bf16_flops"] / figures["fp32_flops"],
+        f"{n}^3, measured",
+    )
     return figures
+
 
 def train_step(loss_fn, model, batches, autocast):
     """One optimizer step per call, on the next of the batches (cycled): a training step as train_gpt2.py takes it."""
-    batches, optimizer, params = itertools.cycle(batches), GPT.configure_optimizers(model, 0.1, 6e-4, next(model.parameters()).device.type), list(model.parameters())
+    batches, optimizer, params = (
+        itertools.cycle(batches),
+        GPT.configure_optimizers(model, 0.1, 6e-4, next(model.parameters()).device.type),
+        list(model.parameters()),
+    )
+
     def step():
         x, y = next(batches)
         with autocast:
@@ -118,7 +181,9 @@ def train_step(loss_fn, model, batches, autocast):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
+
 
 def bench_train(args, device, autocast, dtype):
     B, T = args.batch_size, args.seq_len
@@ -128,41 +193,76 @@ def bench_train(args, device, autocast, dtype):
     # transformers' GPT-2 of the same dims, eager, with the same attention kernel, optimizer groups and batches;
     # it gets our loss on its logits, as its own loss would shift the targets again
     hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
-    tokens = torch.randint(GPT2_VOCAB_SIZE, (4, B, T + 1), generator=torch.Generator().manual_seed(args.seed)).to(device)
+    tokens = torch.randint(GPT2_VOCAB_SIZE, (4, B, T + 1), generator=torch.Generator().manual_seed(args.seed)).to(
+        device
+    )
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
-    runs = {"ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast), "hf": train_step(hf_loss, hf, batches, autocast),
-            # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
-            "peak": matmul(args.matmul_size, device, dtype)}
+    runs = {
+        "ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast),
+        "hf": train_step(hf_loss, hf, batches, autocast),
+        # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
+        "peak": matmul(args.matmul_size, device, dtype),
+    }
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
     figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
     measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
-    datasheet_peak = peak_flops(device) if dtype != torch.float32 else None  # known for a few GPUs: their dense bf16 peak
+    datasheet_peak = (
+        peak_flops(device) if dtype != torch.float32 else None
+    )  # known for a few GPUs: their dense bf16 peak
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
-    figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak,
-                   **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
+    figures.update(
+        flops_per_token=flops_per_token,
+        peak_flops=peak,
+        measured_peak_flops=measured_peak,
+        **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")},
+    )
     source = f"{str(dtype)[6:]} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
-    report("train step", si(figures["ours_tokens_per_s"], "tok/s"), si(figures["hf_tokens_per_s"], "tok/s") + " (HF)", figures["ratio"],
-           f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})")
+    report(
+        "train step",
+        si(figures["ours_tokens_per_s"], "tok/s"),
+        si(figures["hf_tokens_per_s"], "tok/s") + " (HF)",
+        figures["ratio"],
+        f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})",
+    )
     return figures
 
+
 def bench_generate(args, device, autocast, dtype):
-    model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)  # as sample.py is used
-    prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(device)
+    model = eager_model(
+        {**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device
+    )  # as sample.py is used
+    prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(
+        device
+    )
+
     def run(use_kv_cache, new_tokens):
-        generator = torch.Generator(device=device).manual_seed(args.seed)  # a fresh one per call: both paths sample alike
+        generator = torch.Generator(device=device).manual_seed(
+            args.seed
+        )  # a fresh one per call: both paths sample alike
         with autocast:
             return generate(model, prompt, new_tokens, top_k=1, generator=generator, use_kv_cache=use_kv_cache)
+
     for use_kv_cache in (True, False):
         run(use_kv_cache, 16)  # warm-up: the first forward of a shape sets its kernels up
     runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
-    figures, out = compare(runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0)  # half: many forwards each
+    figures, out = compare(
+        runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0
+    )  # half: many forwards each
     differ = (out["cache"] != out["no_cache"])[0, PROMPT_TOKENS:].nonzero()  # greedy: the same tokens, in float32
-    figures.update(same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens)  # before the first difference
-    report("generate", si(figures["cache_tokens_per_s"], "tok/s") + " (KV cache)", si(figures["no_cache_tokens_per_s"], "tok/s") + " (no cache)",
-           figures["ratio"], f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
-           + agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)"))
+    figures.update(
+        same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens
+    )  # before the first difference
+    report(
+        "generate",
+        si(figures["cache_tokens_per_s"], "tok/s") + " (KV cache)",
+        si(figures["no_cache_tokens_per_s"], "tok/s") + " (no cache)",
+        figures["ratio"],
+        f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
+        + agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)"),
+    )
     return figures
+
 
 @torch.no_grad()
 def reference_hellaswag(model, examples, block_size, device, autocast):
@@ -172,7 +272,7 @@ def reference_hellaswag(model, examples, block_size, device, autocast):
         rows = [(ctx + ending)[-(block_size + 1) :] for ending in endings]
         tokens = torch.zeros(4, max(map(len, rows)), dtype=torch.long)
         scored = torch.zeros(4, tokens.size(1) - 1)  # the positions that predict an ending token
-        for i, (row, ending) in enumerate(zip(rows, endings)):
+        for i, (row, ending) in enumerate(zip(rows, endings, strict=True)):
             tokens[i, : len(row)] = torch.tensor(row)
             scored[i, len(row) - 1 - len(ending) : len(row) - 1] = 1
         tokens, scored = tokens.to(device), scored.to(device)
@@ -182,28 +282,46 @@ def reference_hellaswag(model, examples, block_size, device, autocast):
         correct_norm += ((losses * scored).sum(1) / scored.sum(1)).argmin().item() == label
     return len(examples), correct_norm
 
+
 def bench_hellaswag(args, device, autocast, dtype):
     model = eager_model(vars(args.model_config), args, device)
     examples, block_size = hellaswag.load_examples(args.hellaswag_dir, "val", args.hellaswag_n), model.config.block_size
-    evaluate = lambda batch_size, examples=examples: hellaswag.evaluate(model, examples, block_size, device, autocast, batch_size)[::2]
+    evaluate = lambda batch_size, examples=examples: hellaswag.evaluate(
+        model, examples, block_size, device, autocast, batch_size
+    )[::2]
     for batch_size in (args.hellaswag_batch, 1):  # warm-up, on one batch
         evaluate(batch_size, examples[: args.hellaswag_batch])
     reference_hellaswag(model, examples[:2], block_size, device, autocast)
-    runs = {"batched": lambda: evaluate(args.hellaswag_batch), "reference": lambda: reference_hellaswag(model, examples, block_size, device, autocast),
-            "single": lambda: evaluate(1)}
-    figures, counts = compare(runs, (args.repeats + 1) // 2, device, len(examples), "examples", warmup=0)  # (n, correct_norm) each
-    figures.update(n=len(examples), **{f"{name}_acc_norm": correct_norm / n for name, (n, correct_norm) in counts.items()})  # random weights: a check
+    runs = {
+        "batched": lambda: evaluate(args.hellaswag_batch),
+        "reference": lambda: reference_hellaswag(model, examples, block_size, device, autocast),
+        "single": lambda: evaluate(1),
+    }
+    figures, counts = compare(
+        runs, (args.repeats + 1) // 2, device, len(examples), "examples", warmup=0
+    )  # (n, correct_norm) each
+    figures.update(
+        n=len(examples), **{f"{name}_acc_norm": correct_norm / n for name, (n, correct_norm) in counts.items()}
+    )  # random weights: a check
     # neither batching nor scoring the ending tokens alone may change a prediction
     figures["same_counts"] = counts["batched"] == counts["single"] == counts["reference"]
-    report("hellaswag", si(figures["batched_examples_per_s"], "ex/s") + f" ({args.hellaswag_batch}/forward)",
-           si(figures["reference_examples_per_s"], "ex/s") + " (1/forward, all logits)", figures["ratio"],
-           f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; " + agreement(figures["same_counts"], dtype, "counts"))
+    report(
+        "hellaswag",
+        si(figures["batched_examples_per_s"], "ex/s") + f" ({args.hellaswag_batch}/forward)",
+        si(figures["reference_examples_per_s"], "ex/s") + " (1/forward, all logits)",
+        figures["ratio"],
+        f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; "
+        + agreement(figures["same_counts"], dtype, "counts"),
+    )
     return figures
+
 
 def shakespeare_documents(path, n_docs, seed):
     """n_docs documents of ~4,000 characters (~1,300 tokens, FineWeb-Edu's mean): the text's paragraphs, shuffled and joined."""
     if not Path(path).is_file():
-        raise InputError(f"--text {path} does not exist: python fineweb.py --dataset tinyshakespeare downloads it, or name a text file")
+        raise InputError(
+            f"--text {path} does not exist: python fineweb.py --dataset tinyshakespeare downloads it, or name a text file"
+        )
     paragraphs = [p for p in Path(path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
     rng, docs, current = random.Random(seed), [], []
     while len(docs) < n_docs:
@@ -215,11 +333,13 @@ def shakespeare_documents(path, n_docs, seed):
                 current = []
     return docs[:n_docs]
 
+
 def bench_fineweb(args, device, autocast, dtype):
     docs, enc = shakespeare_documents(args.text, args.fineweb_docs, args.seed), gpt2_tokenizer()
     with tempfile.TemporaryDirectory(prefix="bench_fineweb_") as tmp:
         corpus, runs_so_far = Path(tmp) / "corpus.jsonl", itertools.count()
         corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs), encoding="utf-8")
+
         def pool():
             out = Path(tmp) / f"out{next(runs_so_far)}"  # a new folder each time: a finished one is skipped
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -227,8 +347,10 @@ def bench_fineweb(args, device, autocast, dtype):
             tokens = sum(len(np.load(p, mmap_mode="r")) for p in out.glob("*.npy"))
             shutil.rmtree(out)
             return tokens
+
         def loop(part=slice(None)):  # the documents already in memory: only the tokenizer is timed
             return sum(len(enc.encode_ordinary(doc)) + 1 for doc in docs[part])  # + 1: the EOT before each document
+
         def ceiling():  # what this machine's cores give at best: num_proc loops over their share, nothing shared
             fork = multiprocessing.get_context("fork")  # the loops inherit the documents, nothing is sent
             loops = [fork.Process(target=loop, args=(slice(i, None, args.num_proc),)) for i in range(args.num_proc)]
@@ -237,64 +359,145 @@ def bench_fineweb(args, device, autocast, dtype):
             for p in loops:
                 p.join()
             assert all(p.exitcode == 0 for p in loops), "a tokenizer loop failed"
-        runs = {"pool": pool, "loop": loop, **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {})}  # not on Windows
+
+        runs = {
+            "pool": pool,
+            "loop": loop,
+            **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {}),
+        }  # not on Windows
         n_tokens = loop()
         figures, tokens = compare(runs, args.repeats, device, n_tokens, "tokens")
     assert tokens["pool"] == n_tokens, f"fineweb.py wrote {tokens['pool']} tokens, the loop counted {n_tokens}"
     figures.update(tokens=n_tokens, documents=len(docs), num_proc=args.num_proc)
     if "ceiling" in runs:
         figures["ceiling_ratio"] = figures["ceiling_tokens_per_s"] / figures["loop_tokens_per_s"]
-    report("fineweb", si(figures["pool_tokens_per_s"], "tok/s") + f" ({args.num_proc} proc)", si(figures["loop_tokens_per_s"], "tok/s") + " (loop)",
-           figures["ratio"], f"{len(docs):,} documents, {n_tokens:,} tokens" + (f"; {args.num_proc} loops side by side, the cores' ceiling: "
-                                                                              f"{figures['ceiling_ratio']:.2f}x" if "ceiling" in runs else ""))
+    report(
+        "fineweb",
+        si(figures["pool_tokens_per_s"], "tok/s") + f" ({args.num_proc} proc)",
+        si(figures["loop_tokens_per_s"], "tok/s") + " (loop)",
+        figures["ratio"],
+        f"{len(docs):,} documents, {n_tokens:,} tokens"
+        + (
+            f"; {args.num_proc} loops side by side, the cores' ceiling: {figures['ceiling_ratio']:.2f}x"
+            if "ceiling" in runs
+            else ""
+        ),
+    )
     return figures
+
 
 # -----------------------------------------------------------------------------
 # the command line
+
 
 def machine(device, load_at_start):
     """What the figures were measured on. Other processes on the cores slow every figure, CPU ones most: the load
     average (runnable processes over the last minute) counts them at the start, and this run too at the end."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):  # Linux names the CPU model here; elsewhere the above will do
-        name = name if device.type == "cuda" else next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    return {"device": str(device), "name": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "load_at_start": load_at_start, "load_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        name = (
+            name
+            if device.type == "cuda"
+            else next(
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            )
+        )
+    return {
+        "device": str(device),
+        "name": name,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_at_start": load_at_start,
+        "load_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--only", type=lambda names: names.split(","), default=list(BENCHES), help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})")
-    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given")
-    add_flags(parser, TrainConfig, ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"])  # train_gpt2.py's
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark")
-    parser.add_argument("--repeats", type=int, help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)")
+    parser.add_argument(
+        "--only",
+        type=lambda names: names.split(","),
+        default=list(BENCHES),
+        help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given"
+    )
+    add_flags(
+        parser,
+        TrainConfig,
+        ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"],
+    )  # train_gpt2.py's
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)",
+    )
     parser.add_argument("--matmul_size", type=int, help="n of the n^3 matmul that measures the peak")
-    parser.add_argument("--generate_model", choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark")
+    parser.add_argument(
+        "--generate_model", choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark"
+    )
     parser.add_argument("--new_tokens", type=int, help="tokens to generate")
     parser.add_argument("--hellaswag_n", type=int, help="the first N HellaSwag val examples")
     parser.add_argument("--hellaswag_batch", type=int, help="examples per forward of the batched side")
-    parser.add_argument("--hellaswag_dir", default=str(hellaswag.DATA_DIR), help="folder holding hellaswag_val.jsonl, downloaded there if missing")
+    parser.add_argument(
+        "--hellaswag_dir",
+        default=str(hellaswag.DATA_DIR),
+        help="folder holding hellaswag_val.jsonl, downloaded there if missing",
+    )
     parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize")
-    parser.add_argument("--text", default=str(Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"), help="text cut into those documents")
+    parser.add_argument(
+        "--text",
+        default=str(Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"),
+        help="text cut into those documents",
+    )
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="fineweb.py's --num_proc")
     # the tiers are the defaults: those of the device (and of --quick) that the first parse finds
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--device", default="auto"), first.add_argument("--quick", action="store_true")
     first, _ = first.parse_known_args(argv)
     on_gpu = first.device.startswith("cuda") or (first.device == "auto" and torch.cuda.is_available())
-    parser.set_defaults(**{"seq_len": None, **ALL, **PER_DEVICE["cuda" if on_gpu else "cpu"], **(QUICK if first.quick else {})})
+    parser.set_defaults(
+        **{"seq_len": None, **ALL, **PER_DEVICE["cuda" if on_gpu else "cpu"], **(QUICK if first.quick else {})}
+    )
     args = parser.parse_args(argv)
     if unknown := [name for name in args.only if name not in BENCHES]:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
-    check_at_least(parser, args, 1, ["n_layer", "n_head", "n_embd", "batch_size", "seq_len", "repeats", "matmul_size", "new_tokens",
-                                     "hellaswag_n", "hellaswag_batch", "fineweb_docs", "num_proc"])
+    check_at_least(
+        parser,
+        args,
+        1,
+        [
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "batch_size",
+            "seq_len",
+            "repeats",
+            "matmul_size",
+            "new_tokens",
+            "hellaswag_n",
+            "hellaswag_batch",
+            "fineweb_docs",
+            "num_proc",
+        ],
+    )
     args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
     args.seq_len = args.seq_len or args.model_config.block_size
     check_model_config(parser, args.model_config, args)
     return args
 
+
 BENCHES = {"train": bench_train, "generate": bench_generate, "hellaswag": bench_hellaswag, "fineweb": bench_fineweb}
+
 
 def main(argv=None):
     t_start, load_at_start = time.perf_counter(), os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -303,18 +506,35 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
         autocast, dtype, _ = make_autocast(args.dtype, device)
-        print(f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
-              f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n")
+        print(
+            f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
+            f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n"
+        )
         report("benchmark", "ours", "baseline", None, "notes")
         results = {"peak": bench_matmul(args.matmul_size, device, args.repeats)}
         results |= {name: BENCHES[name](args, device, autocast, dtype) for name in args.only}
     except InputError as e:
         raise SystemExit(str(e))
     info = machine(device, load_at_start)
-    load = f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end" if load_at_start is not None else ""
-    print(f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, torch {info['torch']}, {info['date']}")
-    config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len, "dtype": str(dtype)[6:], "compile": args.compile, "repeats": args.repeats}
+    load = (
+        f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end"
+        if load_at_start is not None
+        else ""
+    )
+    print(
+        f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, torch {info['torch']}, {info['date']}"
+    )
+    config = {
+        "model": args.model,
+        **vars(c),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "dtype": str(dtype)[6:],
+        "compile": args.compile,
+        "repeats": args.repeats,
+    }
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
+
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ No torch here: fineweb.py's tokenizer processes import it too, and must stay lig
 
 import argparse
 import dataclasses
+import re
 import typing
 
 
@@ -49,7 +50,9 @@ def add_flags(parser, config_class, names=None):
     hints = typing.get_type_hints(config_class)
     for f in dataclasses.fields(config_class):
         if names is None or f.name in names:
-            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # int | None -> int
+            kind = next(
+                (t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name]
+            )  # int | None -> int
             kwargs = dict(f.metadata)
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -62,3 +65,23 @@ def check_at_least(parser, args, minimum, names):
     for name in names:
         if (value := getattr(args, name)) is not None and value < minimum:
             parser.error(f"--{name} must be {'at least 1' if minimum else '0 or more'}, got {value}")
+
+
+def device_name(value):
+    """argparse type of every script's --device flag."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+# every script's --device and --dtype (hardware.py turns them into a device and an autocast)
+DEVICE_FLAG = dict(
+    default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps"
+)
+DTYPE_FLAG = dict(
+    default="auto",
+    choices=["auto", "float32", "bfloat16", "float16"],
+    help="autocast precision. auto = bfloat16 where the hardware has it natively (CUDA compute capability 8.0+, "
+    "CPUs with AVX-512 bf16 or AMX), float16 with a gradient scaler on CUDA 7.x (V100, T4, RTX 20xx), "
+    "else float32 (older GPUs, Apple MPS, other CPUs)",
+)

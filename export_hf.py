@@ -10,6 +10,7 @@ The padded vocabulary rows are dropped (it has 50,257), and vocab.json / merges.
 tiktoken's GPT-2 ranks (they equal OpenAI's files). GPT.from_pretrained reads such a folder back.
 """
 
+import itertools
 import json
 import math
 import os
@@ -17,7 +18,8 @@ import shutil
 from pathlib import Path
 
 from cli import ArgumentParser, InputError
-from train_gpt2 import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, gpt2_tokenizer
+from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
+from train_gpt2 import GPT, HF_TRANSPOSED
 
 
 def hf_config(config, vocab_size=None, **kwargs):
@@ -25,8 +27,17 @@ def hf_config(config, vocab_size=None, **kwargs):
     the same function (and bench.py's Hugging Face baseline does the same work)."""
     from transformers import GPT2Config  # slow to import (seconds): only once the inputs are known to be good
 
-    return GPT2Config(vocab_size=vocab_size or config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-                      n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kwargs)
+    return GPT2Config(
+        vocab_size=vocab_size or config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **kwargs,
+    )
 
 
 def gpt2_tokenizer_files(enc):
@@ -45,7 +56,7 @@ def gpt2_tokenizer_files(enc):
         # replay BPE on the token's bytes with the merges learned before it: it ends in the pair merged last
         parts = [bytes([b]) for b in token]
         while len(parts) > 2:
-            pairs = [(ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            pairs = [(ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
             _, i = min(pairs)
             parts[i : i + 2] = [parts[i] + parts[i + 1]]
         return parts
@@ -53,7 +64,10 @@ def gpt2_tokenizer_files(enc):
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
     merges = [" ".join(spell(p) for p in split_in_two(token)) for token, rank in by_rank if rank >= 256]
     vocab = {spell(token): rank for token, rank in by_rank} | {"<|endoftext|>": enc.eot_token}
-    return {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n"}
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+    }
 
 
 def export_hf(model, out_dir):
@@ -67,7 +81,10 @@ def export_hf(model, out_dir):
 
     n_vocab = min(model.config.vocab_size, GPT2_VOCAB_SIZE)
     hf = GPT2LMHeadModel(hf_config(model.config, vocab_size=n_vocab))
-    state = {k: (v.t() if k.endswith(HF_TRANSPOSED) else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.t() if k.endswith(HF_TRANSPOSED) else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
@@ -81,14 +98,18 @@ def export_hf(model, out_dir):
 
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("checkpoint", help="a train_gpt2.py checkpoint (model_*.pt), or a log dir: its newest checkpoint")
+    parser.add_argument(
+        "checkpoint", help="a train_gpt2.py checkpoint (model_*.pt), or a log dir: its newest checkpoint"
+    )
     parser.add_argument("out_dir", help="the folder to write (new, or empty)")
     args = parser.parse_args(argv)
     try:
         export_hf(GPT.from_checkpoint(args.checkpoint), args.out_dir)
     except InputError as e:
         raise SystemExit(str(e))
-    print(f"wrote {args.out_dir}: load it with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    print(
+        f"wrote {args.out_dir}: load it with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained"
+    )
 
 
 if __name__ == "__main__":

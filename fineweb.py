@@ -3,17 +3,20 @@ Tokenize a text corpus into the GPT-2 token shards that train_gpt2.py's DataLoad
 
     python fineweb.py                  # FineWeb-Edu sample-10BT -> edu_fineweb10B/, ~100 shards of 1e8 tokens
     python fineweb.py --streaming      # the same, tokenizing while it downloads (no full local copy first)
-    python fineweb.py --dataset tinyshakespeare --shard_size 32768     # ~338k tokens -> tinyshakespeare/
-    python fineweb.py --input ../shared/data/tinyshakespeare/input.txt --shard_size 32768   # the same, offline
+    python fineweb.py --dataset tinyshakespeare --shard_size 32768     # ~338k tokens -> tinyshakespeare/, offline
     python fineweb.py --input 'corpus/*.parquet' extra.jsonl --out mydata   # local files, in the order given
 
 Every document becomes [EOT] + encode_ordinary(text) (tiktoken gpt2, EOT = 50256), and the documents are
 concatenated in order into <out>/<prefix>_<split>_<index:06d>.npy: 1-D uint16 arrays of exactly
 --shard_size tokens (the last one may be shorter); shard 0 is the val split, the rest are train.
 A .txt file is one document; .jsonl lines and .parquet rows are one document each (field --text_column).
-Interrupted? Run the same command again: <out>/manifest.json records where each finished shard ends in
-the input, so the run continues from there and ends with the same files as an uninterrupted one.
+Tiny Shakespeare ships with the repository, as tinyshakespeare/input.txt beside this script (a copy of the
+script without it downloads it there once); tiktoken's GPT-2 BPE files download once into its cache
+(offline: TIKTOKEN_CACHE_DIR). Interrupted? Run the same command again: <out>/manifest.json records where
+each finished shard ends in the input, so the run continues from there and ends with the same files as an
+uninterrupted one.
 """
+
 import argparse
 import glob
 import http.client
@@ -29,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import tiktoken
 from tqdm import tqdm
 
 from cli import ArgumentParser, InputError
+from tokenizer import EOT_TOKEN, gpt2_tokenizer
 
 FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-EOT = 50256  # <|endoftext|> opens every document: it tells the model that a new, unrelated text begins
+TINYSHAKESPEARE = Path(__file__).resolve().parent / "tinyshakespeare" / "input.txt"  # the repository's copy
 MANIFEST = "manifest.json"
 DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: offline, fail fast instead of hanging
 
@@ -47,6 +50,7 @@ DOWNLOAD_TIMEOUT = 10  # seconds to wait for the server: offline, fail fast inst
 # -----------------------------------------------------------------------------
 # reading: each reader yields the documents of one file after its first `skip` (those already in
 # finished shards, so a restart neither tokenizes nor parses them) and returns how many it skipped
+
 
 def read_txt(path, column, skip):
     if skip:
@@ -80,9 +84,11 @@ def open_parquet(path, column):
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"cannot read {path} as parquet ({e})")
-    types = dict(zip(pf.schema_arrow.names, pf.schema_arrow.types))
+    types = dict(zip(pf.schema_arrow.names, pf.schema_arrow.types, strict=True))  # one type per column name
     if types.get(column) not in (pa.string(), pa.large_string()):
-        raise InputError(f"{path} has no text column {column!r} (it has {', '.join(types)}; name it with --text_column)")
+        raise InputError(
+            f"{path} has no text column {column!r} (it has {', '.join(types)}; name it with --text_column)"
+        )
     return pf
 
 
@@ -109,12 +115,18 @@ READERS = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
 
 def hf_documents(args, skip):
     from datasets import load_dataset  # slow to import, and only this source needs it
+
+    # Broad on purpose: datasets and huggingface_hub raise ConnectionError offline, ValueError for an unknown config,
+    # RuntimeError for a script dataset and their own errors for the rest, kinds that change between versions. The try
+    # holds this one call, so it hides no bug of ours, and every one of them is the same one line for the user.
     try:
         ds = load_dataset(args.dataset, name=args.name, split="train", streaming=args.streaming)
-    except Exception as e:  # offline, unknown name, no access...: the library raises many kinds, all fatal here
+    except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot load dataset {args.dataset!r} (name {args.name}): {e}")
     if ds.column_names is not None and args.text_column not in ds.column_names:
-        raise InputError(f"dataset {args.dataset!r} has no column {args.text_column!r} (it has {', '.join(ds.column_names)})")
+        raise InputError(
+            f"dataset {args.dataset!r} has no column {args.text_column!r} (it has {', '.join(ds.column_names)})"
+        )
     # skip() selects an index range (streaming: the skipped rows are still downloaded, but not tokenized)
     for batch in ds.select_columns([args.text_column]).skip(skip).iter(batch_size=1024):
         yield from batch[args.text_column]
@@ -158,10 +170,7 @@ enc = None  # the gpt2 encoder, loaded once per process
 
 def load_encoder():
     global enc
-    try:
-        enc = tiktoken.get_encoding("gpt2")
-    except Exception as e:  # offline without a cache, tiktoken's download fails in one of several ways
-        raise InputError(f"cannot load the tiktoken gpt2 encoding ({e}); offline, set TIKTOKEN_CACHE_DIR to a copy of it")
+    enc = gpt2_tokenizer()
     assert enc.max_token_value < 2**16, "every token id must fit in uint16"
 
 
@@ -177,7 +186,7 @@ def tokenize(text):
     except UnicodeEncodeError:  # lone surrogates (JSON can hold them): encode_ordinary replaces them first
         bpe = enc.encode_ordinary(text)
     tokens = np.empty(len(bpe) + 1, dtype=np.uint16)  # uint16: half of uint32's bytes to ship to the main process
-    tokens[0], tokens[1:] = EOT, bpe
+    tokens[0], tokens[1:] = EOT_TOKEN, bpe
     return tokens
 
 
@@ -195,6 +204,7 @@ def tokenized(docs, num_proc):
 
 # -----------------------------------------------------------------------------
 # writing shards and the manifest
+
 
 def save_json(path, obj):
     tmp = path.with_name(path.name + ".tmp")
@@ -215,8 +225,10 @@ def load_manifest(out, config):
         raise InputError(f"cannot read {path} ({e}); pass a new --out")
     for key, value in config.items():
         if manifest["config"].get(key) != value:
-            raise InputError(f"{out}/ holds the shards of another run ({key} {manifest['config'].get(key)!r} there, "
-                             f"{value!r} now); pass a new --out, or that run's arguments to finish it")
+            raise InputError(
+                f"{out}/ holds the shards of another run ({key} {manifest['config'].get(key)!r} there, "
+                f"{value!r} now); pass a new --out, or that run's arguments to finish it"
+            )
     return manifest
 
 
@@ -249,7 +261,7 @@ def write_shards(stream, out, manifest, start, bar):
         pos, offset = offset, 0
         while pos < len(tokens):
             n = min(shard_size - fill, len(tokens) - pos)
-            buf[fill:fill + n] = tokens[pos:pos + n]
+            buf[fill : fill + n] = tokens[pos : pos + n]
             fill, pos = fill + n, pos + n
             bar.update(n)
             if fill == shard_size:  # a full shard ends here: after this document, or inside it
@@ -263,6 +275,7 @@ def write_shards(stream, out, manifest, start, bar):
 
 # -----------------------------------------------------------------------------
 
+
 def count(value):
     """argparse type: a positive whole number, written 100000000 or 1e8."""
     number = float(value)
@@ -274,15 +287,43 @@ def count(value):
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input", nargs="+", metavar="FILE", help="local .txt (one document per file), .jsonl or .parquet (one document per row) files or globs, read in the order given")
-    source.add_argument("--dataset", default=FINEWEB_EDU, help="HuggingFace dataset (its train split), or tinyshakespeare (downloaded once to tinyshakespeare/input.txt beside this script)")
+    source.add_argument(
+        "--input",
+        nargs="+",
+        metavar="FILE",
+        help="local .txt (one document per file), .jsonl or .parquet (one document per row) files or globs,"
+        " read in the order given",
+    )
+    source.add_argument(
+        "--dataset",
+        default=FINEWEB_EDU,
+        help="HuggingFace dataset (its train split), or tinyshakespeare: the tinyshakespeare/input.txt that ships"
+        " beside this script (downloaded there once if it is missing)",
+    )
     parser.add_argument("--name", default=None, help="dataset config (not given: sample-10BT for FineWeb-Edu)")
-    parser.add_argument("--streaming", action="store_true", help="read the HuggingFace dataset while it downloads instead of downloading it all first")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read the HuggingFace dataset while it downloads instead of downloading it all first",
+    )
     parser.add_argument("--text_column", default="text", help="the document field of .jsonl, .parquet and dataset rows")
-    parser.add_argument("--out", default=None, help="output folder (not given: edu_fineweb10B for FineWeb-Edu sample-10BT, tinyshakespeare for --dataset tinyshakespeare, else the folder name of the first --input or the dataset's name)")
-    parser.add_argument("--prefix", default=None, help="shard name prefix (not given: edufineweb for FineWeb-Edu, else the --out folder's name)")
-    parser.add_argument("--shard_size", type=count, default=10**8, help="tokens per shard (the last shard may hold fewer)")
-    parser.add_argument("--num_proc", type=count, default=os.cpu_count(), help="tokenizer processes (1: tokenize in this process)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (not given: edu_fineweb10B for FineWeb-Edu sample-10BT, tinyshakespeare for --dataset"
+        " tinyshakespeare, else the folder name of the first --input or the dataset's name)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="shard name prefix (not given: edufineweb for FineWeb-Edu, else the --out folder's name)",
+    )
+    parser.add_argument(
+        "--shard_size", type=count, default=10**8, help="tokens per shard (the last shard may hold fewer)"
+    )
+    parser.add_argument(
+        "--num_proc", type=count, default=os.cpu_count(), help="tokenizer processes (1: tokenize in this process)"
+    )
     return parser.parse_args(argv)
 
 
@@ -311,10 +352,16 @@ def resolve(args):
         args.files = expand(args.input, args.text_column)
         out = args.files[0].resolve().parent.name
     elif args.dataset == "tinyshakespeare":
-        args.files = [download(TINYSHAKESPEARE_URL, Path(__file__).resolve().parent / "tinyshakespeare" / "input.txt")]
+        # the shipped text; the download is for a copy of fineweb.py without the repository around it
+        shipped = TINYSHAKESPEARE.exists()
+        args.files = [TINYSHAKESPEARE if shipped else download(TINYSHAKESPEARE_URL, TINYSHAKESPEARE)]
         out = "tinyshakespeare"
     else:
-        out = "edu_fineweb10B" if fineweb and args.name == "sample-10BT" else "_".join(filter(None, [Path(args.dataset).name, args.name]))
+        out = (
+            "edu_fineweb10B"
+            if fineweb and args.name == "sample-10BT"
+            else "_".join(filter(None, [Path(args.dataset).name, args.name]))
+        )
     args.out = Path(args.out or out)
     args.prefix = args.prefix or ("edufineweb" if fineweb else args.out.name)
     source = [str(f.resolve()) for f in args.files] if args.files else {"dataset": args.dataset, "name": args.name}
@@ -342,8 +389,10 @@ def run(args):
     manifest["complete"] = True
     save_json(args.out / MANIFEST, manifest)
     total, dt = sum(s["tokens"] for s in manifest["shards"]), time.time() - t0
-    print(f"fineweb.py: {ndocs:,} documents, {total:,} tokens, {len(manifest['shards'])} shards (1 val) in {args.out}/; "
-          f"this run wrote {total - done:,} tokens in {dt:.1f}s ({(total - done) / dt:,.0f} tokens/s)")
+    print(
+        f"fineweb.py: {ndocs:,} documents, {total:,} tokens, {len(manifest['shards'])} shards (1 val) in {args.out}/; "
+        f"this run wrote {total - done:,} tokens in {dt:.1f}s ({(total - done) / dt:,.0f} tokens/s)"
+    )
 
 
 def main(argv=None):

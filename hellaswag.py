@@ -29,8 +29,9 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from cli import ArgumentParser, InputError, check_at_least, first_line
-from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, GPT, gpt2_tokenizer, make_autocast, pick_device
+from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, check_at_least, first_line
+from hardware import make_autocast, pick_device
+from tokenizer import gpt2_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 DATA_DIR = Path(__file__).resolve().parent / "hellaswag"  # download cache, beside this script
@@ -69,7 +70,9 @@ def download(url, path):
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
         reason = getattr(e, "reason", None) or e
-        raise InputError(f"cannot download {url} ({reason}): check the network, or copy {path.name} into {path.parent}/")
+        raise InputError(
+            f"cannot download {url} ({reason}): check the network, or copy {path.name} into {path.parent}/"
+        )
 
 
 def problem(example):
@@ -79,7 +82,11 @@ def problem(example):
     if missing := [key for key in ("ctx", "endings", "label") if key not in example]:
         return f"no {' or '.join(missing)}"
     endings, label = example["endings"], example["label"]
-    if not isinstance(example["ctx"], str) or not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
+    if (
+        not isinstance(example["ctx"], str)
+        or not isinstance(endings, list)
+        or not all(isinstance(e, str) for e in endings)
+    ):
         return "ctx must be a string and endings a list of strings"
     if len(endings) != 4:
         return f"{len(endings)} endings instead of 4"
@@ -97,14 +104,18 @@ def read_split(path, split):
                 try:
                     example = json.loads(line)
                 except ValueError:  # bad JSON, or bytes that are not UTF-8
-                    raise InputError(f"{path} line {lineno} is not valid JSON: the file is damaged or truncated; delete it to download it again")
+                    raise InputError(
+                        f"{path} line {lineno} is not valid JSON: the file is damaged or truncated; delete it to download it again"
+                    )
                 if reason := problem(example):
                     raise InputError(f"{path} line {lineno}: {reason}; this is not a HellaSwag file")
                 examples.append(example)
     except OSError as e:
         raise InputError(f"cannot read {path} ({e.strerror or e})")
     if split in SPLIT_SIZES and len(examples) != SPLIT_SIZES[split]:
-        raise InputError(f"{path} holds {len(examples)} examples, the {split} split has {SPLIT_SIZES[split]}: the file is truncated; delete it to download it again")
+        raise InputError(
+            f"{path} holds {len(examples)} examples, the {split} split has {SPLIT_SIZES[split]}: the file is truncated; delete it to download it again"
+        )
     return examples
 
 
@@ -152,12 +163,17 @@ def choose(model, batch, block_size, device, autocast):
         # bf16 is too coarse to rank close endings
         hidden, scored_targets = model.hidden_states(inputs)[scored], targets[scored]
         loss_rows = CPU_LOSS_ROWS if device.type == "cpu" else LM_HEAD_ROWS
-        losses[scored] = torch.cat([
-            F.cross_entropy(logits.float(), t, reduction="none")
-            for start in range(0, len(hidden), LM_HEAD_ROWS)
-            for logits, t in zip(model.lm_head(hidden[start : start + LM_HEAD_ROWS]).split(loss_rows),
-                                 scored_targets[start : start + LM_HEAD_ROWS].split(loss_rows))
-        ])
+        losses[scored] = torch.cat(
+            [
+                F.cross_entropy(logits.float(), t, reduction="none")
+                for start in range(0, len(hidden), LM_HEAD_ROWS)
+                for logits, t in zip(
+                    model.lm_head(hidden[start : start + LM_HEAD_ROWS]).split(loss_rows),
+                    scored_targets[start : start + LM_HEAD_ROWS].split(loss_rows),
+                    strict=True,
+                )
+            ]
+        )
     sums = losses.sum(1).view(-1, 4)
     means = sums / scored.sum(1).view(-1, 4)
     return sums.argmin(1).tolist(), means.argmin(1).tolist()
@@ -175,7 +191,7 @@ def predict(model, examples, block_size, device, autocast, batch_size, rank=0, w
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             acc, acc_norm = choose(model, [mine[i] for i in batch], block_size, device, autocast)
-            for i, a, a_norm in zip(batch, acc, acc_norm):
+            for i, a, a_norm in zip(batch, acc, acc_norm, strict=True):
                 choices[i], choices_norm[i] = a, a_norm
             bar.update(len(batch))
     return choices, choices_norm
@@ -184,10 +200,12 @@ def predict(model, examples, block_size, device, autocast, batch_size, rank=0, w
 def evaluate(model, examples, block_size, device, autocast, batch_size, rank=0, world_size=1, progress=False):
     """(n, n_correct, n_correct_norm) over all examples: rank r scores examples r, r + world_size, ...
     and the counts are summed over the ranks, so they do not depend on world_size."""
-    choices, choices_norm = predict(model, examples, block_size, device, autocast, batch_size, rank, world_size, progress)
+    choices, choices_norm = predict(
+        model, examples, block_size, device, autocast, batch_size, rank, world_size, progress
+    )
     labels = [label for _, _, label in examples[rank::world_size]]
-    correct = sum(c == label for c, label in zip(choices, labels))
-    correct_norm = sum(c == label for c, label in zip(choices_norm, labels))
+    correct = sum(c == label for c, label in zip(choices, labels, strict=True))
+    correct_norm = sum(c == label for c, label in zip(choices_norm, labels, strict=True))
     counts = torch.tensor([len(labels), correct, correct_norm], device=device)
     if world_size > 1:
         torch.distributed.all_reduce(counts)
@@ -205,17 +223,17 @@ class HFModel(torch.nn.Module):
         return self.hf.transformer(idx, use_cache=False).last_hidden_state  # after the final LayerNorm, as ours
 
 
-def load_model(model_type, checkpoint, device):
-    """(model in eval mode, its block_size) from a Hugging Face name or folder, or from our checkpoint."""
-    if checkpoint:
-        model = GPT.from_checkpoint(checkpoint, device)
-        return model.eval(), model.config.block_size
+def load_hf_model(model_type, device):
+    """(model in eval mode, its block_size) from a Hugging Face name or save_pretrained folder."""
     from transformers import GPT2LMHeadModel  # slow to import: only for a Hugging Face model
 
     try:
         hf = GPT2LMHeadModel.from_pretrained(model_type)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a save_pretrained folder")
+        raise InputError(
+            f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a"
+            " save_pretrained folder"
+        )
     return HFModel(hf).to(device).eval(), hf.config.n_positions
 
 
@@ -226,30 +244,50 @@ def load_model(model_type, checkpoint, device):
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("-m", "--model_type", help="Hugging Face GPT-2: a hub name (gpt2 ... gpt2-xl) or a save_pretrained folder")
+    source.add_argument(
+        "-m", "--model_type", help="Hugging Face GPT-2: a hub name (gpt2 ... gpt2-xl) or a save_pretrained folder"
+    )
     source.add_argument("--checkpoint", help="a train_gpt2.py checkpoint file, or a log dir (its newest checkpoint)")
-    parser.add_argument("--data_dir", default=str(DATA_DIR), help="folder holding hellaswag_<split>.jsonl; downloaded there if missing")
-    parser.add_argument("--split", default="val", choices=["val", "train"], help="which split (the test split has no public labels)")
+    parser.add_argument(
+        "--data_dir", default=str(DATA_DIR), help="folder holding hellaswag_<split>.jsonl; downloaded there if missing"
+    )
+    parser.add_argument(
+        "--split", default="val", choices=["val", "train"], help="which split (the test split has no public labels)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples; None scores all")
     parser.add_argument("--batch_size", type=int, default=16, help="examples per forward pass, 4 rows each")
     parser.add_argument("--device", **DEVICE_FLAG)
-    parser.add_argument("--dtype", **{**DTYPE_FLAG, "default": "float32", "help": "float32 scores as the published numbers were made "
-                        "(TF32 matmuls on CUDA); bfloat16 or float16 autocast is faster, and a few near-tie examples can flip"})
+    parser.add_argument(
+        "--dtype",
+        **{
+            **DTYPE_FLAG,
+            "default": "float32",
+            "help": "float32 scores as the published numbers were made "
+            "(TF32 matmuls on CUDA); bfloat16 or float16 autocast is faster, and a few near-tie examples can flip",
+        },
+    )
     args = parser.parse_args(argv)
     check_at_least(parser, args, 1, ["batch_size", "limit"])
     return args
 
 
 def main(argv=None):
+    from train_gpt2 import GPT  # the script that trains imports this one: here, not at the top, imports run one way
+
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
         examples = load_examples(args.data_dir, args.split, args.limit)  # before the model: bad data fails fast
-        model, block_size = load_model(args.model_type, args.checkpoint, device)
+        if args.checkpoint:
+            model = GPT.from_checkpoint(args.checkpoint, device).eval()
+            block_size = model.config.block_size
+        else:
+            model, block_size = load_hf_model(args.model_type, device)
         autocast, dtype, why = make_autocast(args.dtype, device)
     except InputError as e:
         raise SystemExit(str(e))
-    print(f"{len(examples)} {args.split} examples, {args.model_type or args.checkpoint} on {device}, {str(dtype)[6:]} ({why})")
+    model_name = args.model_type or args.checkpoint
+    print(f"{len(examples)} {args.split} examples, {model_name} on {device}, {str(dtype)[6:]} ({why})")
     n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
     print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
 

@@ -29,7 +29,9 @@ def read_log(log_file):
             step, kind, value = line.split()[:3]
             step, value = int(step), float(value)
         except ValueError as e:
-            raise InputError(f"plot.py: {log_file} is not a train_gpt2.py log ({e}): lines must read <step> <kind> <value>")
+            raise InputError(
+                f"plot.py: {log_file} is not a train_gpt2.py log ({e}): lines must read <step> <kind> <value>"
+            )
         steps, values = series.setdefault(kind, ([], []))
         steps.append(step)
         values.append(value)
@@ -58,9 +60,13 @@ def plot_run(log_dir):
             losses += series[kind][1]
     if losses:
         low, high = min(losses), max(losses)
-        ax.set_ylim(low - 0.1, min(high, low + 4.0) + 0.1)  # the early steps near ln(50257) = 10.8 would flatten the rest
+        ax.set_ylim(
+            low - 0.1, min(high, low + 4.0) + 0.1
+        )  # the early steps near ln(50257) = 10.8 would flatten the rest
         if low - 1.0 <= GPT2_124M_VAL_LOSS:  # only once the run comes within a nat of it: a far line says nothing
-            ax.axhline(GPT2_124M_VAL_LOSS, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})")
+            ax.axhline(
+                GPT2_124M_VAL_LOSS, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})"
+            )
     ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
@@ -70,7 +76,9 @@ def plot_run(log_dir):
         ax.plot(*series["hella"], marker="o", ms=3, color="green", label="this run")
         ax.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
         ax.axhline(GPT2_124M_HELLASWAG, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
-        ax.axhline(GPT3_124M_HELLASWAG, color="purple", ls="--", lw=1, label=f"OpenAI GPT-3 124M ({GPT3_124M_HELLASWAG})")
+        ax.axhline(
+            GPT3_124M_HELLASWAG, color="purple", ls="--", lw=1, label=f"OpenAI GPT-3 124M ({GPT3_124M_HELLASWAG})"
+        )
         ax.set(xlabel="step", ylabel="acc_norm", title="HellaSwag")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
@@ -84,10 +92,20 @@ def plot_run(log_dir):
     return out
 
 
+def import_wandb():
+    try:
+        import wandb  # only with --wandb: it is optional and slow to import
+
+        return wandb
+    except ImportError:
+        raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
+
+
 class RunLog:
     """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
     `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
     after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
+
     def __init__(self, log_dir, checkpoint, cfg, wandb=None):
         self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
         if log_dir is None:
@@ -96,20 +114,38 @@ class RunLog:
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # no permission, or under a read-only path such as /proc
-            raise InputError(f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to")
+            raise InputError(
+                f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to"
+            )
         self.path = log_dir / "log.txt"
         if resumed_step is None:
             self.path.write_text("")
         elif self.path.exists():  # back to the checkpoint: its own val line stays; later lines, and one cut off, go
-            lines = [line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
-            kept = [line for step, kind, *_, line in lines if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")]
+            lines = [
+                line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")
+            ]
+            kept = [
+                line
+                for step, kind, *_, line in lines
+                if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")
+            ]
             tmp = self.path.with_name("log.txt.tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, self.path)
         # a resumed run goes on in the same wandb run, which drops the steps it already has
         wandb_id = checkpoint.get("wandb_run_id") if checkpoint is not None else None
-        self.wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.run_name, id=wandb_id, resume="allow", dir=log_dir,
-                                    config=dataclasses.asdict(cfg)) if wandb else None
+        self.wandb_run = (
+            wandb.init(
+                project=cfg.wandb_project,
+                name=cfg.run_name,
+                id=wandb_id,
+                resume="allow",
+                dir=log_dir,
+                config=dataclasses.asdict(cfg),
+            )
+            if wandb
+            else None
+        )
         try:
             import matplotlib  # noqa: F401  (optional)
 
@@ -138,7 +174,9 @@ class RunLog:
 
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("log_dir", help="a folder holding the log.txt of a train_gpt2.py run; plot.png is written there")
+    parser.add_argument(
+        "log_dir", help="a folder holding the log.txt of a train_gpt2.py run; plot.png is written there"
+    )
     args = parser.parse_args(argv)
     try:
         path = plot_run(args.log_dir)

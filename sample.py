@@ -18,8 +18,9 @@ import sys
 import torch
 from torch.nn import functional as F
 
-from cli import ArgumentParser, InputError, check_at_least
-from train_gpt2 import DEVICE_FLAG, DTYPE_FLAG, EOT_TOKEN, GPT, GPT2_VOCAB_SIZE, gpt2_tokenizer, make_autocast, pick_device
+from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, check_at_least
+from hardware import make_autocast, pick_device
+from tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, gpt2_tokenizer
 
 
 class KVCache:
@@ -47,7 +48,9 @@ class KVCache:
         pos = self.positions(T)
         self.k.index_copy_(2, pos, k)
         self.v.index_copy_(2, pos, v)
-        mask = torch.arange(self.k.size(2), device=pos.device) <= pos[:, None]  # (T, block_size): the slots each query sees
+        mask = (
+            torch.arange(self.k.size(2), device=pos.device) <= pos[:, None]
+        )  # (T, block_size): the slots each query sees
         return self.k, self.v, mask
 
 
@@ -59,8 +62,17 @@ def next_logits(model, idx, kv_cache=None):
 
 
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_kv_cache=True, stream=None,
-             compile=False):
+def generate(
+    model,
+    idx,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=None,
+    generator=None,
+    use_kv_cache=True,
+    stream=None,
+    compile=False,
+):
     """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding. Padded
     vocabulary ids are never sampled. stream, if given, is called with each step's new tokens (B, 1) as soon
     as they are sampled. use_kv_cache=False recomputes the whole context for every token (for benchmarks).
@@ -68,7 +80,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
     so they compile once, and on a GPU mode="reduce-overhead" replays them as a CUDA graph, one launch for the ~200
     kernels of a token (on a CPU the mode changes nothing)."""
     block_size = model.config.block_size
-    decode_step = torch.compile(next_logits, mode="reduce-overhead", dynamic=False, fullgraph=True) if compile else next_logits
+    decode_step = (
+        torch.compile(next_logits, mode="reduce-overhead", dynamic=False, fullgraph=True) if compile else next_logits
+    )
     pos = torch.zeros(1, dtype=torch.long, device=idx.device)
     kv_cache = [KVCache(pos, block_size, static_address=compile) for _ in model.transformer.h] if use_kv_cache else None
     cached = 0  # slots filled; a Python int beside the tensor pos, so deciding to refill never waits for the device
@@ -101,17 +115,42 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", default="log", help="a train_gpt2.py checkpoint (model_*.pt), or a log dir: its newest checkpoint")
-    weights.add_argument("--init_from", help="Hugging Face GPT-2 weights instead: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a save_pretrained folder")
-    parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue; empty starts a new document (<|endoftext|>)")
-    parser.add_argument("--num_samples", type=int, default=1, help="samples to draw from the prompt (a single one streams)")
+    weights.add_argument(
+        "--checkpoint",
+        default="log",
+        help="a train_gpt2.py checkpoint (model_*.pt), or a log dir: its newest checkpoint",
+    )
+    weights.add_argument(
+        "--init_from",
+        help="Hugging Face GPT-2 weights instead: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a save_pretrained folder",
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Hello, I'm a language model,",
+        help="text to continue; empty starts a new document (<|endoftext|>)",
+    )
+    parser.add_argument(
+        "--num_samples", type=int, default=1, help="samples to draw from the prompt (a single one streams)"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=256, help="tokens generated per sample")
-    parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits: below 1 sharpens the distribution, above 1 flattens it")
-    parser.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens only (1: greedy, 50257: all)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="divides the logits: below 1 sharpens the distribution, above 1 flattens it",
+    )
+    parser.add_argument(
+        "--top_k", type=int, default=50, help="sample among the k most likely tokens only (1: greedy, 50257: all)"
+    )
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator")
     parser.add_argument("--device", **DEVICE_FLAG)
     parser.add_argument("--dtype", **DTYPE_FLAG)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the one-token decoding step, a CUDA graph on a GPU (pays off only for long samples)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the one-token decoding step, a CUDA graph on a GPU (pays off only for long samples)",
+    )
     args = parser.parse_args(argv)
     check_at_least(parser, args, 1, ["num_samples", "max_new_tokens", "top_k"])
     if not args.temperature > 0:  # written this way round so nan is refused too
@@ -120,6 +159,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from train_gpt2 import GPT  # the script that trains imports this one: here, not at the top, imports run one way
+
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
@@ -132,7 +173,10 @@ def main(argv=None):
 
     tokens, block_size = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}), model.config.block_size
     if len(tokens) > block_size:
-        print(f"the prompt is {len(tokens)} tokens, more than the model's context: keeping its last {block_size}", file=sys.stderr)
+        print(
+            f"the prompt is {len(tokens)} tokens, more than the model's context: keeping its last {block_size}",
+            file=sys.stderr,
+        )
         tokens = tokens[-block_size:]
     prompt = enc.decode(tokens)  # the text the model sees; with an empty prompt it sees <|endoftext|> alone
     idx = torch.tensor([tokens or [EOT_TOKEN]] * args.num_samples, device=device)
@@ -140,7 +184,16 @@ def main(argv=None):
 
     def run(stream=None):
         with autocast:
-            return generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, generator, stream=stream, compile=args.compile)
+            return generate(
+                model,
+                idx,
+                args.max_new_tokens,
+                args.temperature,
+                args.top_k,
+                generator,
+                stream=stream,
+                compile=args.compile,
+            )
 
     if args.num_samples == 1:
         # a character can span tokens: the incremental decoder holds back its bytes until it is complete

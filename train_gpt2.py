@@ -6,33 +6,55 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
     torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
     python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
 
-Importing this file defines things and nothing else (the other scripts import the model, the device and the precision
-from here; cli.py holds what every script's command line shares); training runs only under __main__.
-The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B.
+The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B. This file is the part to read; the
+machinery that makes a run robust lives beside it: hardware.py (device, precision, batch fitting, FSDP),
+checkpoint.py (saving, loading and resuming), plot.py (log.txt, wandb), cli.py (flags and one-line errors).
+Importing it defines things and nothing else: sample.py, hellaswag.py and the tests import the model from here.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
-from cli import ArgumentParser, InputError, add_flags, check_at_least, first_line, flag  # the command line all scripts share
+import hellaswag
+from checkpoint import (
+    checkpoint_paths,
+    checkpoint_to_resume,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    saved_args,
+    training_state,
+)
+from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, add_flags, check_at_least, first_line, flag
+from hardware import (
+    fit_batch_size,
+    fit_to_memory,
+    make_autocast,
+    peak_flops,
+    setup_distributed,
+    shard,
+    try_compile,
+    whole_copy,
+)
+from plot import RunLog, import_wandb
+from sample import generate
+from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
 
-EOT_TOKEN = 50256           # <|endoftext|> of the GPT-2 BPE: starts every document
-GPT2_VOCAB_SIZE = 50257     # real tokens; ids at or above this are embedding padding, never data
-PADDED_VOCAB_SIZE = 50304   # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
+PADDED_VOCAB_SIZE = 50304  # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the Hugging Face hub
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D in HF: (in, out)
+# the matmul weights that Hugging Face's GPT-2 keeps in Conv1D layers, stored (in, out): transposed on the way
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
 
 # -----------------------------------------------------------------------------
 # the model
@@ -44,6 +66,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
 
+
 # architecture presets: OpenAI's four GPT-2 sizes, plus small ones that train in minutes on a laptop CPU
 MODEL_PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
@@ -53,6 +76,7 @@ MODEL_PRESETS = {
     "mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),  # 16M, 13M of it the token embedding
     "micro": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3.3M: smoke tests
 }
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
@@ -70,11 +94,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         mask = None
-        if kv_cache is not None:  # generation (sample.py): every cached key and value, and which of them each query sees
+        if kv_cache is not None:  # generation (sample.py): every cached key and value, and which each query sees
             k, v, mask = kv_cache.update(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
+
 
 class MLP(nn.Module):
     def __init__(self, config):
@@ -86,6 +111,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.c_proj(self.gelu(self.c_fc(x)))
+
 
 class Block(nn.Module):
     def __init__(self, config):
@@ -99,6 +125,7 @@ class Block(nn.Module):
         # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual stream
         x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
+
 
 class GPT(nn.Module):
     def __init__(self, config):
@@ -131,7 +158,7 @@ class GPT(nn.Module):
     def hidden_states(self, idx, kv_cache=None):
         """The final LayerNorm's output (B, T, n_embd), which lm_head turns into logits: scorers (hellaswag.py) and
         generation (sample.py) apply lm_head only where they need logits, its 50304 columns being most of the cost."""
-        B, T = idx.size()
+        T = idx.size(1)
         assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
         # generation's cache holds where its tokens go in a tensor: a compiled decode step then reads no changing int
         pos = kv_cache[0].positions(T) if kv_cache else torch.arange(T, device=idx.device)
@@ -163,18 +190,30 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path, check=lambda config: None):
         """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder.
         check(config) may refuse the architecture before the weights load."""
-        if not Path(name_or_path).is_dir() and name_or_path not in GPT2_NAMES:
-            raise InputError(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+        local = Path(name_or_path).is_dir()
+        if not local and name_or_path not in GPT2_NAMES:
+            raise InputError(
+                f"from_pretrained: {name_or_path!r} is neither a local folder nor one of {', '.join(GPT2_NAMES)}"
+            )
         from transformers import AutoConfig, GPT2LMHeadModel  # slow to import: only once the name is known to be good
+
         try:  # the config first, one small file: another architecture is refused before its weights load
             hc = AutoConfig.from_pretrained(name_or_path)
-            if hc.model_type != "gpt2" or hc.activation_function != "gelu_new" or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
-                raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 ({hc.model_type}, activation {getattr(hc, 'activation_function', None)})")
-            config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd)
+            activation = getattr(hc, "activation_function", None)
+            plain = hc.model_type == "gpt2" and activation == "gelu_new"
+            if not plain or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
+                kind = f"{hc.model_type}, activation {activation}"
+                raise InputError(f"from_pretrained: {name_or_path!r} is not a plain GPT-2 ({kind})")
+            dims = dict(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer, n_head=hc.n_head)
+            config = GPTConfig(**dims, n_embd=hc.n_embd)
             check(config)
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
-            fix = "it is not a save_pretrained folder of a GPT-2" if Path(name_or_path).is_dir() else "check the network, or pass a local folder"
+            fix = (
+                "it is not a save_pretrained folder of a GPT-2"
+                if local
+                else "check the network, or pass a local folder"
+            )
             raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); {fix}")
         model = cls(config)
         sd = model.state_dict()
@@ -203,53 +242,58 @@ class GPT(nn.Module):
             model = cls(GPTConfig(**checkpoint["config"])).to(device)
             model.load_state_dict(checkpoint["model"])
         except (TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({first_line(e)})")
+            why = first_line(e)
+            raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({why})")
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, device_type):
         # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
-def gpt2_tokenizer():
-    """tiktoken's GPT-2 BPE: its files download once into tiktoken's cache (offline: TIKTOKEN_CACHE_DIR)."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # requests' connection errors and friends: no network and no cached files
-        raise InputError(f"cannot load tiktoken's gpt2 encoding ({type(e).__name__}): connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its files")
 
 # -----------------------------------------------------------------------------
 # data: uint16 token shards written by fineweb.py
 def load_shard(path):
     """Memory-map one shard, refusing anything but a 1-D uint16 array of GPT-2 token ids."""
+    rewrite = "rewrite it with fineweb.py"
     try:
         tokens = np.load(path, mmap_mode="r")
     except OSError as e:
         raise InputError(f"shard {path} cannot be read ({e})")
     except (ValueError, EOFError):
-        raise InputError(f"shard {path} is not a .npy array (truncated, or another format); rewrite it with fineweb.py")
+        raise InputError(f"shard {path} is not a .npy array (truncated, or another format); {rewrite}")
     if tokens.ndim != 1 or tokens.dtype != np.uint16:
-        raise InputError(f"shard {path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 tokens; rewrite it with fineweb.py")
+        kind = f"a {tokens.dtype} array of shape {tokens.shape}"
+        raise InputError(f"shard {path} holds {kind}, expected 1-D uint16 tokens; {rewrite}")
     # checked up front (a second or so per GB) so a bad shard stops the run before it writes anything
-    if len(tokens) and int(tokens.max()) >= GPT2_VOCAB_SIZE:
-        raise InputError(f"shard {path} holds token id {int(tokens.max())}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by fineweb.py")
+    if len(tokens) and (largest := int(tokens.max())) >= GPT2_VOCAB_SIZE:
+        raise InputError(
+            f"shard {path} holds token id {largest}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by"
+            " fineweb.py"
+        )
     return tokens
+
 
 class DataLoaderLite:
     """Batches of (B, T) tokens from the shards of one split, read as one endless stream: the split's shards end
     to end, epoch after epoch (train shards in a new seeded order each epoch). Every micro-step consumes B·T·world_size
     tokens and rank r reads the r-th B·T slice of them (+1 token for the last target), so one rank accumulating
     k micro-steps sees exactly the tokens of k ranks."""
+
     def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0):
         self.B, self.T, self.rank, self.world_size, self.shuffle, self.seed = B, T, rank, world_size, shuffle, seed
         paths = sorted(Path(data_dir).glob(f"*_{split}_*.npy"))
         if not paths:
-            raise InputError(f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its output")
+            raise InputError(
+                f"no {split} shards (*_{split}_*.npy) in {data_dir}: run fineweb.py first, or point --data_dir at its"
+                " output"
+            )
         self.shards = [load_shard(p) for p in paths]
         self.total_tokens = sum(len(s) for s in self.shards)
         if self.total_tokens < 2:
@@ -291,80 +335,42 @@ class DataLoaderLite:
 
     def load_state_dict(self, state):
         if state["total_tokens"] != self.total_tokens:
-            raise InputError(f"the checkpoint read a split of {state['total_tokens']} tokens, --data_dir now holds {self.total_tokens}: resume with the data it was trained on")
+            raise InputError(
+                f"the checkpoint read a split of {state['total_tokens']} tokens, --data_dir now holds"
+                f" {self.total_tokens}: resume with the data it was trained on"
+            )
         self.position = state["position"]
 
-# -----------------------------------------------------------------------------
-# the command line, and the device and precision it asks for (every script's --device and --dtype)
-def device_name(value):
-    """argparse type of every script's --device flag."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    return value
-
-DEVICE_FLAG = dict(default="auto", type=device_name, help="auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps")
-DTYPE_FLAG = dict(default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                  help="autocast precision. auto = bfloat16 where the hardware has it natively (CUDA compute capability 8.0+, "
-                       "CPUs with AVX-512 bf16 or AMX), float16 with a gradient scaler on CUDA 7.x (V100, T4, RTX 20xx), "
-                       "else float32 (older GPUs, Apple MPS, other CPUs)")
-
-def pick_device(name, local_rank=0):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else local_rank
-        if index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices; use --device auto or cpu")
-        return torch.device("cuda", index)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps: MPS is not available here; use --device auto or cpu")
-    return device
-
-def make_autocast(dtype, device):
-    """(autocast context, torch dtype, why) for --dtype on device; a dtype the GPU has no tensor cores for is refused.
-    On CUDA, float32 matmuls may use TF32, as the published GPT-2 numbers were made."""
-    cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    # torch.cuda.is_bf16_supported() says True on pre-Ampere GPUs too, through emulation slower than their fp16
-    native_bf16 = cc >= (8, 0) if cc else device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    hardware = f"CUDA compute capability {cc[0]}.{cc[1]}" if cc else device.type.upper() if device.type == "mps" else "this CPU"
-    if dtype == "bfloat16" and cc and not native_bf16:
-        raise InputError(f"--dtype bfloat16: this GPU ({hardware}) has no bfloat16 tensor cores; use --dtype float16 (or auto)")
-    why = f"--dtype {dtype}"
-    if dtype == "auto":
-        dtype = "bfloat16" if native_bf16 else "float16" if cc and cc[0] == 7 else "float32"
-        why = f"auto: {hardware} has native bf16" if native_bf16 else f"auto: {hardware} has fp16 tensor cores, no native bf16" if dtype == "float16" else f"auto: float32 on {hardware}"
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    dtype = getattr(torch, dtype)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32), dtype, why
-
-# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
-GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12}
-
-def peak_flops(device):
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
 
 # -----------------------------------------------------------------------------
 # training configuration: its fields are the command-line flags
 @dataclass
 class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
-    log_dir: str | None = flag(None, "where log.txt and the checkpoints go (default: log/<run_name> with --run_name, else log)")
+    log_dir: str | None = flag(None, "where log.txt and the checkpoints go (default: log/<run_name>, or log)")
     run_name: str | None = flag(None, "a name for this run: its log dir (unless --log_dir is given) and its wandb name")
-    model: str | None = flag(None, "architecture preset (default: gpt2, or with --init_from or --resume the weights')", choices=list(MODEL_PRESETS))
+    model: str | None = flag(
+        None,
+        "architecture preset (default: gpt2, or the weights' with --init_from or --resume)",
+        choices=[*MODEL_PRESETS],
+    )
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
-    init_from: str | None = flag(None, "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder, or one of our checkpoints (model_*.pt, or a log dir: its newest)")
-    batch_size: int | None = flag(None, "B: sequences per micro-step per process (default: 64, or the largest power of two dividing the step's sequences; on a GPU then halved until a step fits; on a resume the run's)")
+    init_from: str | None = flag(
+        None,
+        "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder,"
+        " or one of our checkpoints (model_*.pt, or a log dir: its newest)",
+    )
+    batch_size: int | None = flag(
+        None,
+        "B: sequences per micro-step per process (default: 64, or the largest power of two dividing the step's"
+        " sequences; on a GPU then halved until a step fits; on a resume the run's)",
+    )
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
-    total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, ~0.5M as in GPT-3 small); gradient accumulation makes up the rest")
+    total_batch_size: int = flag(
+        524288, "tokens per optimizer step (2**19, ~0.5M, GPT-3 small's); accumulation makes up B·T"
+    )
     max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small); cosine-decays to 10%% of it")
     warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
     max_steps: int = flag(19073, "optimizer steps (19073 x 524288 tokens = 10B tokens, one epoch of FineWeb-Edu 10B)")
@@ -374,60 +380,87 @@ class TrainConfig:
     val_tokens: int = flag(10485760, "tokens of the val split to evaluate, all processes together")
     hellaswag_interval: int = flag(250, "steps between HellaSwag scorings (0: never)")
     hellaswag_limit: int | None = flag(None, "score only the first N HellaSwag val examples (default: all 10,042)")
-    hellaswag_dir: str | None = flag(None, "folder holding hellaswag_val.jsonl, downloaded there if missing (default: hellaswag/ beside hellaswag.py)")
+    hellaswag_dir: str | None = flag(None, "folder of hellaswag_val.jsonl, downloaded if missing (default: hellaswag/)")
     sample_interval: int = flag(250, "steps between printed samples (0: never)")
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
-    fsdp: bool = flag(False, "under torchrun: shard the weights, gradients and AdamW state across the processes (FSDP2) instead of copying them (DDP)")
+    fsdp: bool = flag(
+        False, "under torchrun: shard weights, gradients and AdamW state (FSDP2) instead of copying (DDP)"
+    )
     dtype: str = flag(**DTYPE_FLAG)
     device: str = flag(**DEVICE_FLAG)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
-    wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without a network)")
+    wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)")
     wandb_project: str = flag("gpt2-kit", "the wandb project to log to")
+
+
+POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
+INTERVAL_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]
+ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd"]
+
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     add_flags(parser, TrainConfig)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    check_at_least(parser, cfg, 1, ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "n_layer", "n_head", "n_embd", "hellaswag_limit"])
-    check_at_least(parser, cfg, 0, ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"])
+    check_at_least(parser, cfg, 1, POSITIVE_FLAGS + ARCHITECTURE_FLAGS)
+    check_at_least(parser, cfg, 0, INTERVAL_FLAGS)
     if cfg.val_tokens < cfg.seq_len:
         parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
-    if cfg.run_name is not None and (not cfg.run_name.strip() or Path(cfg.run_name).name != cfg.run_name or cfg.run_name in (".", "..")):
+    name = cfg.run_name
+    if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
-    if cfg.fsdp and int(os.environ.get("WORLD_SIZE", 1)) < 2:
-        parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (a single process gains nothing)")
+    if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N > 1)")
     if cfg.log_dir is None:
         cfg.log_dir = str(Path("log", cfg.run_name or ""))
     if cfg.init_from is None:  # else the weights' architecture, checked once they are loaded
         check_model_config(parser, make_model_config(cfg), cfg)
     return cfg
 
+
 def check_model_config(parser, model_config, args):
     if model_config.n_embd % model_config.n_head:
         parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
     if args.seq_len > model_config.block_size:
-        parser.error(f"--seq_len {args.seq_len} exceeds the {args.model or 'gpt2'} block_size of {model_config.block_size}")
+        parser.error(
+            f"--seq_len {args.seq_len} exceeds the {args.model or 'gpt2'} block_size of {model_config.block_size}"
+        )
+
+
+def asked_architecture(cfg, default=None):
+    """The architecture the flags ask for: --model's preset (or default's), --n_layer, --n_head, --n_embd over it."""
+    overrides = {k: getattr(cfg, k) for k in ARCHITECTURE_FLAGS if getattr(cfg, k) is not None}
+    return {**MODEL_PRESETS.get(cfg.model or default, {}), **overrides}
+
 
 def make_model_config(cfg):
-    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
-    return GPTConfig(**{**MODEL_PRESETS[cfg.model or "gpt2"], **overrides, "vocab_size": PADDED_VOCAB_SIZE})
+    return GPTConfig(**asked_architecture(cfg, default="gpt2"), vocab_size=PADDED_VOCAB_SIZE)
+
 
 def check_architecture(config, cfg, source):
     """The architecture flags given (--model, --n_layer, ...) must be those of the weights a run starts from."""
     if not isinstance(config, dict) or set(config) - {f.name for f in dataclasses.fields(GPTConfig)}:
         raise InputError(f"{source} holds no GPTConfig ({config!r}): it was not written by train_gpt2.py")
-    if config.get("vocab_size", GPT2_VOCAB_SIZE) < GPT2_VOCAB_SIZE:  # the data's token ids would index past its embedding
-        raise InputError(f"{source} has a vocabulary of {config['vocab_size']}, fewer than GPT-2's {GPT2_VOCAB_SIZE} tokens in the shards")
-    asked = {**MODEL_PRESETS.get(cfg.model, {}), **{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}}
-    if differ := {k: v for k, v in asked.items() if config.get(k) != v}:
-        raise InputError(f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags, or match them")
-    if cfg.seq_len > config.get("block_size", cfg.seq_len):
-        raise InputError(f"--seq_len {cfg.seq_len} exceeds the block_size {config['block_size']} of {source}: pass --seq_len {config['block_size']} or less")
+    if (vocab := config.get("vocab_size", GPT2_VOCAB_SIZE)) < GPT2_VOCAB_SIZE:  # the data's ids would index past it
+        raise InputError(
+            f"{source} has a vocabulary of {vocab}, fewer than GPT-2's {GPT2_VOCAB_SIZE} tokens in the shards"
+        )
+    if differ := {k: v for k, v in asked_architecture(cfg).items() if config.get(k) != v}:
+        raise InputError(
+            f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags,"
+            " or match them"
+        )
+    if cfg.seq_len > (block_size := config.get("block_size", cfg.seq_len)):
+        raise InputError(
+            f"--seq_len {cfg.seq_len} exceeds the block_size {block_size} of {source}: pass --seq_len {block_size}"
+            " or less"
+        )
+
 
 def get_lr(step, cfg):
     """Linear warmup, then cosine decay to 10% of max_lr at max_steps (GPT-3 paper, appendix B)."""
@@ -439,104 +472,9 @@ def get_lr(step, cfg):
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.max_lr - min_lr)
 
-# -----------------------------------------------------------------------------
-# checkpoints: <log_dir>/model_<step:05d>.pt holds the state after `step` optimizer steps
-def checkpoint_paths(log_dir):
-    """Complete checkpoints in log_dir, oldest first (temporary files never match)."""
-    found = [(int(m.group(1)), p) for p in Path(log_dir).glob("model_*.pt") if (m := re.fullmatch(r"model_(\d+)\.pt", p.name))]
-    return [p for _, p in sorted(found)]
-
-def save_checkpoint(path, state):
-    # write beside the final name, then rename: a crash mid-write never leaves a half file under it
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def load_checkpoint(path, device="cpu"):
-    """A checkpoint dict (plain containers and tensors only, so weights_only loading is safe)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file; any of them means unreadable
-        raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
-
-def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run, keep=True):
-    """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes. The state
-    dicts are a single process's, whether or not FSDP sharded the model: every rank calls this, only rank 0 keeps them."""
-    def full(t):  # an FSDP shard (a DTensor) gathered tensor by tensor: an all-gather, which every rank joins
-        return t.full_tensor().to("cpu" if keep else "meta") if hasattr(t, "full_tensor") else t  # meta: dropped at once
-    model_state, opt = {k: full(v) for k, v in model.state_dict().items() if k != "lm_head.weight"}, optimizer.state_dict()
-    model_state["lm_head.weight"] = model_state["transformer.wte.weight"]  # tied to wte: one tensor, saved once
-    return {"model": model_state, "config": dataclasses.asdict(model.config), "step": step, "val_loss": val_loss,
-            "optimizer": {**opt, "state": {i: {k: full(v) for k, v in s.items()} for i, s in opt["state"].items()}},
-            "scaler": scaler.state_dict(), "train_loader": train_loader.state_dict(),
-            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "args": dataclasses.asdict(cfg), "wandb_run_id": wandb_run.id if wandb_run is not None else None}
-
-RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader", "rng"}  # what a resume reads
-
-def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loader, device, local_rank, cfg, log):
-    """Put a checkpoint's state back into the new model, optimizer and loader; (step, val_loss). Changed flags are named."""
-    try:
-        def shard(t, like):  # FSDP: this rank's shard of a whole tensor, cut as `like` is (the optimizer's step counts stay whole)
-            return torch.distributed.tensor.distribute_tensor(t.to(like.device), like.device_mesh, like.placements, src_data_rank=None) if hasattr(like, "device_mesh") and t.dim() else t
-        sharded, params = model.state_dict(), [p for group in optimizer.param_groups for p in group["params"]]
-        model.load_state_dict({k: shard(v, sharded.get(k)) for k, v in checkpoint["model"].items()})
-        state = {i: {k: shard(v, params[i]) for k, v in s.items()} for i, s in checkpoint["optimizer"]["state"].items()}
-        optimizer.load_state_dict({**checkpoint["optimizer"], "state": state})
-    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
-        raise InputError(f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({first_line(e)})")
-    if scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
-        scaler.load_state_dict(checkpoint["scaler"])
-    train_loader.load_state_dict(checkpoint["train_loader"])
-    torch.set_rng_state(checkpoint["rng"]["cpu"])
-    if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
-    log(f"resuming from {path} at step {checkpoint['step']}")
-    saved_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}  # another program's: none
-    if changed := [f"--{k} {v} -> {getattr(cfg, k)}" for k, v in saved_args.items() if k not in ("resume", "log_dir", "init_from") and getattr(cfg, k, v) not in (v, None)]:
-        log(f"flags changed since that checkpoint, the run goes on with the new values: {', '.join(changed)}")
-    return checkpoint["step"], checkpoint["val_loss"]
-
-def checkpoint_to_resume(log_dir, resume, cfg, log):
-    """(path, checkpoint) that the run continues from, or (None, None) for a new run. With --resume, the newest
-    checkpoint that loads (damaged ones are named and skipped); without it, a log dir with checkpoints is refused."""
-    if log_dir.exists() and not log_dir.is_dir():
-        raise InputError(f"--log_dir {log_dir} is a file, not a folder: choose a new --log_dir")
-    found = checkpoint_paths(log_dir)
-    if found and not resume:
-        raise InputError(f"{log_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --log_dir")
-    for path in reversed(found):
-        try:
-            checkpoint = load_checkpoint(path)
-        except InputError as e:
-            log(f"{e}; trying an older one")
-            continue
-        if missing := RESUMABLE - (checkpoint.keys() if isinstance(checkpoint, dict) else set()):
-            raise InputError(f"{path} cannot be resumed: it has no {', '.join(sorted(missing))} (saved for sampling, or by another program); move it aside, or choose a new --log_dir")
-        check_architecture(checkpoint["config"], cfg, path)
-        return path, checkpoint
-    if found:
-        raise InputError(f"none of the checkpoints in {log_dir} loads: move them aside to start over, or choose a new --log_dir")
-    if resume:
-        log(f"no checkpoint in {log_dir} to resume from: starting a new run")
-    return None, None
 
 # -----------------------------------------------------------------------------
 # the training script: setup in named steps, then the loop
-def setup_distributed(device_name):
-    """(rank, local_rank, world_size, device): under torchrun (RANK, LOCAL_RANK, WORLD_SIZE set) in the process group."""
-    ddp = "RANK" in os.environ
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
-    device = pick_device(device_name, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if ddp:  # NCCL between GPUs, gloo between CPU processes
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return rank, local_rank, world_size, device
-
 def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
     """Mean loss over the first n_seqs sequences of the val stream; each rank scores a contiguous share."""
     T, first, last = val_loader.T, rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
@@ -551,6 +489,7 @@ def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, au
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / (n_seqs * T)
 
+
 def initial_model(cfg, checkpoint, log):
     """The model a run starts from: a resumed run's architecture (restore_training_state loads its weights), else
     --init_from's weights and architecture (OpenAI's keep their 50257 rows: no padding to change their loss), else a
@@ -562,167 +501,166 @@ def initial_model(cfg, checkpoint, log):
     if cfg.init_from is None:
         return GPT(make_model_config(cfg))
     source = Path(cfg.init_from)
-    ours = source.is_file() or (source.is_dir() and checkpoint_paths(source))  # else a hub name or save_pretrained folder
-    check = lambda config: check_architecture(dataclasses.asdict(config), cfg, f"--init_from {cfg.init_from}")
+    ours = source.is_file() or (source.is_dir() and checkpoint_paths(source))  # else a hub name or HF folder
+
+    def check(config):
+        check_architecture(dataclasses.asdict(config), cfg, f"--init_from {cfg.init_from}")
+
     model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from, check)
     check(model.config)
     return model
 
-def fit_batch_size(rows, fits):
-    """The micro-batch for `rows` sequences per optimizer step and process: the largest of 64 (build-nanogpt's), 32, 16 ...
-    1 that divides rows, so accumulation makes up the exact batch, and for which fits(B) is true; 0 if none does.
-    fits is an argument so that a CPU test can drive it."""
-    B = math.gcd(64, rows)
-    while B >= 1 and not fits(B):
-        B //= 2
+
+def periodic_work(step, cfg, resumed_at):
+    """The jobs due before optimizer step `step`: each every its interval (0: never); after the last step an
+    evaluation, HellaSwag (unless never) and a checkpoint; at step 0 no checkpoint or sample of the initial weights;
+    and nothing at the step a resume starts from, where it all ran before the interruption."""
+    if step == resumed_at:
+        return set()
+    intervals = dict(val=cfg.eval_interval, hella=cfg.hellaswag_interval, sample=cfg.sample_interval)
+    due = {job for job, n in {**intervals, "checkpoint": cfg.checkpoint_interval}.items() if n and step % n == 0}
+    if step == cfg.max_steps:
+        due |= {"val", "checkpoint"} | ({"hella"} if cfg.hellaswag_interval else set())
+    return due - {"checkpoint", "sample"} if step == 0 else due
+
+
+def micro_batch_size(cfg, checkpoint, world_size):
+    """B, before the model is built: as given; on a resume, the run's own; else the largest of 64, 32 ... that
+    divides the step's sequences (on a GPU then halved until a step fits, in train)."""
+    T = cfg.seq_len
+    rows = cfg.total_batch_size // (T * world_size)
+    B = cfg.batch_size or saved_args(checkpoint).get("batch_size") or fit_batch_size(rows, lambda b: True)
+    if cfg.total_batch_size % (B * T * world_size):
+        raise InputError(
+            f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes ="
+            f" {B} x {T} x {world_size} = {B * T * world_size}; change one of them"
+        )
     return B
 
-def step_runs(model, B, T, device, autocast, errors, reserve=0):
-    """(True, None) if one forward and backward of B sequences raises none of `errors` on any rank, with `reserve` bytes
-    of memory held aside meanwhile, else (False, why): the same answer on every rank. Leaves no gradients behind."""
-    model.zero_grad(set_to_none=True)
-    why = None
-    try:
-        held, x = torch.empty(reserve, dtype=torch.uint8, device=device), torch.zeros(B, T, dtype=torch.long, device=device)
-        with autocast:
-            model(x, x)[1].backward()
-    except errors as e:  # kept as a line of text: the exception's frames would hold on to the activations
-        why = first_line(getattr(e, "inner_exception", None) or e)
-    held = x = None
-    model.zero_grad(set_to_none=True)
-    ok = torch.tensor(float(why is None), device=device)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)
-    return bool(ok), why or "on another process"
 
-def whole_copy(model):
-    """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain GPT."""
-    with torch.device("meta"):  # no memory, no random init: the weights come next
-        copy = GPT(model.config)
-    copy.load_state_dict({k: v.full_tensor() for k, v in model.state_dict().items() if k != "lm_head.weight"}, strict=False, assign=True)
-    copy.lm_head.weight = copy.transformer.wte.weight  # tied, as in the model: gathered once
-    return copy
+def val_sequences(cfg, val_loader):
+    """How many sequences evaluation scores: --val_tokens' worth, or all that the val split holds."""
+    n_tokens, T = val_loader.total_tokens, cfg.seq_len
+    if n_tokens - 1 < T:
+        raise InputError(f"the val split holds {n_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+    return min(cfg.val_tokens, n_tokens - 1) // T
 
-def import_wandb():
-    try:
-        import wandb  # only with --wandb: it is optional and slow to import
-        return wandb
-    except ImportError:
-        raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
+
+def describe_run(log, cfg, source, model, precision, world_size, grad_accum_steps, train_loader, val_loader):
+    """The run's setup, printed once before the first step."""
+    log(f"model {source}: {model.num_params():,} parameters, {model.config}")
+    log(f"device {precision}, {world_size} process(es)")
+    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
+    share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
+    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
+    B, T = train_loader.B, train_loader.T
+    steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
+    log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
+    n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
+    log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
+    if cfg.val_tokens > n_val - 1:
+        n_seqs = val_sequences(cfg, val_loader)
+        log(
+            f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {n_seqs * T:,} of them"
+        )
+
+
+def print_samples(model, enc, device, autocast, seed, log):
+    """Four continuations of GPT-2's demo prompt, from a generator of their own: the training RNG, and so a resume,
+    stays as it was."""
+    prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast:
+        rows = generate(model, prompt, 32, top_k=50, generator=generator)
+    for i, row in enumerate(rows.tolist()):
+        log(f"sample {i}: {enc.decode(row)!r}")
+
+
+def build_model(cfg, checkpoint, B, T, device, autocast, log):
+    """(raw_model, model, B, compiled): the model a run starts from, on its device, sharded by FSDP or not; B fitted
+    to a GPU's memory unless given; compiled if asked and it works; wrapped for DDP under torchrun."""
+    torch.manual_seed(cfg.seed)
+    raw_model = initial_model(cfg, checkpoint, log).to(device)
+    if cfg.fsdp:
+        shard(raw_model)
+    if cfg.batch_size is None and checkpoint is None and device.type == "cuda":
+        B = fit_to_memory(raw_model, B, T, device, autocast, cfg.fsdp)
+        fitted = "the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory (1: none does)"
+        log(f"--batch_size {B}: {fitted}")
+    model = raw_model
+    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        model = try_compile(raw_model, B, T, device, autocast, log)
+    compiled = model is not raw_model
+    if torch.distributed.is_initialized() and not cfg.fsdp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return raw_model, model, B, compiled
+
 
 def train(cfg):
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
     ddp, master = torch.distributed.is_initialized(), rank == 0
-    log = print if master else (lambda *args, **kwargs: None)
+    log = print if master else lambda *args, **kwargs: None
 
     # everything that can refuse the run does so before anything is written
-    from plot import RunLog  # siblings are imported where they are used, so that imports run one way
-
     log_dir = Path(cfg.log_dir)
-    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, cfg, log)
+    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, lambda c, p: check_architecture(c, cfg, p), log)
     wandb = import_wandb() if cfg.wandb and master else None
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
-    if enc:
-        from sample import generate
     if cfg.hellaswag_interval:
-        import hellaswag
-
         hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
-
-    # B: as given; on a resume, the run's own; else the largest of 64, 32 ... that divides the step's sequences (on a GPU
-    # then halved until a step fits, below). The data are read here with it, before the model is built or fitted
-    T, saved_args = cfg.seq_len, checkpoint.get("args") if checkpoint is not None and isinstance(checkpoint.get("args"), dict) else {}
-    B = cfg.batch_size or saved_args.get("batch_size") or fit_batch_size(cfg.total_batch_size // (T * world_size), lambda b: True)
-    if cfg.total_batch_size % (B * T * world_size):
-        raise InputError(f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes = "
-                         f"{B} x {T} x {world_size} = {B * T * world_size}; change one of them")
+    B, T = micro_batch_size(cfg, checkpoint, world_size), cfg.seq_len
     train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
     val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
-    val_seqs = min(cfg.val_tokens, val_loader.total_tokens - 1) // T
-    if val_seqs == 0:
-        raise InputError(f"the val split holds {val_loader.total_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+    val_seqs = val_sequences(cfg, val_loader)
 
+    # the model in its precision, its micro-batch fitted to the GPU, compiled, wrapped for DDP; the optimizer
     autocast, dtype, why = make_autocast(cfg.dtype, device)
-    torch.manual_seed(cfg.seed)
-    raw_model = initial_model(cfg, checkpoint, log).to(device)
-    # FSDP2, in place: each Block, then the root (embeddings, ln_f, the tied lm_head), all-gathered in turn. bf16 stays
-    # autocast's, not FSDP's MixedPrecisionPolicy: DDP's numerics, so a run moves between the two through a checkpoint
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for module in (*raw_model.transformer.h, raw_model):
-            fully_shard(module)
-    if cfg.batch_size is None and checkpoint is None and device.type == "cuda":
-        # what training adds later is held aside: AdamW's two moments and DDP's buckets, three more copies of the weights
-        # (under FSDP of this rank's shards, plus the whole gradients that accumulation keeps between micro-steps)
-        reserve = 3 * torch.cuda.memory_allocated(device) + (4 * raw_model.num_params() if cfg.fsdp else 0)
-        B = max(1, fit_batch_size(B, lambda b: step_runs(raw_model, b, T, device, autocast, torch.OutOfMemoryError, reserve)[0]))
-        log(f"--batch_size {B}: the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory (1: none does)")
+    raw_model, model, B, compiled = build_model(cfg, checkpoint, B, T, device, autocast, log)
     cfg.batch_size = train_loader.B = B  # main's out-of-memory line names it
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-
-    model = raw_model
-    if cfg.compile if cfg.compile is not None else device.type == "cuda":
-        # tried on one step first: without Triton or a working C++ compiler the run goes on eagerly, on every rank
-        works, failure = step_runs(compiled := torch.compile(raw_model), B, T, device, autocast, torch._dynamo.exc.BackendCompilerFailed)
-        model = compiled if works else raw_model
-        if not works:
-            log(f"torch.compile cannot compile here ({failure}): training without it, slower, with the same losses; --no-compile skips the attempt")
-    compile_on = model is not raw_model
-    if ddp and not cfg.fsdp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
     # float16's range ends at 65504: the loss is scaled up so small gradients do not flush to zero, and a step whose
     # gradients overflowed is skipped with a smaller scale (Micikevicius et al. 2018, mixed precision training)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_step, val_loss = 0, None
     if checkpoint is not None:
-        start_step, val_loss = restore_training_state(resume_path, checkpoint, raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
+        state = (raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
+        start_step, val_loss = restore_training_state(resume_path, checkpoint, *state)
     run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
-
-    log(f"model {resume_path or cfg.init_from or cfg.model or 'gpt2'}: {raw_model.num_params():,} parameters, {raw_model.config}")
-    log(f"device {device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why}), compile {'on' if compile_on else 'off'}, {world_size} process(es)")
-    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in raw_model.parameters())
-    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {f'1/{world_size} of them: FSDP' if cfg.fsdp else 'all of them'})")
-    log(f"{cfg.total_batch_size:,} tokens per step = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
-    log(f"train split {train_loader.total_tokens:,} tokens in {len(train_loader.shards)} shards, val split {val_loader.total_tokens:,} tokens")
-    if cfg.val_tokens > val_loader.total_tokens - 1:
-        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {val_seqs * T:,} of them")
+    precision = f"{device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why})"
+    precision += f", compile {'on' if compiled else 'off'}"
+    source = resume_path or cfg.init_from or cfg.model or "gpt2"
+    describe_run(log, cfg, source, raw_model, precision, world_size, grad_accum_steps, train_loader, val_loader)
     flops_per_step, peak = raw_model.flops_per_token(T) * cfg.total_batch_size, peak_flops(device)
 
     for step in range(start_step, cfg.max_steps + 1):
-        last_step = step == cfg.max_steps
-        resumed_here = checkpoint is not None and step == start_step  # evaluated and saved before the interruption
-
-        def due(interval):  # the one rule for periodic work: every `interval` steps (0: never) and after the last
-            return not resumed_here and (last_step or (interval > 0 and step % interval == 0))
-
+        due = periodic_work(step, cfg, resumed_at=start_step if checkpoint is not None else None)
         # under FSDP on a whole copy of the weights, held meanwhile: ranks score different numbers of batches, rank 0
         # alone samples, and generation calls hidden_states and lm_head, which FSDP's forward hooks do not gather
-        whole = whole_copy(raw_model) if cfg.fsdp and any(map(due, (cfg.eval_interval, cfg.hellaswag_interval, cfg.sample_interval))) else None
-        if due(cfg.eval_interval):
+        whole = whole_copy(raw_model, GPT) if cfg.fsdp and due - {"checkpoint"} else None
+        if "val" in due:
             val_loss = evaluate(whole or model, val_loader, val_seqs, B, rank, world_size, device, autocast)
             run_log.event(step, "val", val_loss)
-        if cfg.hellaswag_interval and due(cfg.hellaswag_interval):
+        if "hella" in due:
             # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
-            n, _, n_correct_norm = hellaswag.evaluate(whole or raw_model, hella_examples, T, device, autocast, max(1, B // 4), rank, world_size)
+            scoring = (T, device, autocast, max(1, B // 4), rank, world_size)
+            n, _, n_correct_norm = hellaswag.evaluate(whole or raw_model, hella_examples, *scoring)
             run_log.event(step, "hella", n_correct_norm / n)
-        if due(cfg.eval_interval) or (cfg.hellaswag_interval and due(cfg.hellaswag_interval)):
+        if due & {"val", "hella"}:
             run_log.plot()
-        if step > 0 and due(cfg.checkpoint_interval):  # every rank: under FSDP the state is gathered
-            state = training_state(step, val_loss, raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run, keep=master)
+        if "checkpoint" in due:  # every rank: under FSDP the state is gathered
+            state = (raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
+            state = training_state(step, val_loss, *state, keep=master)
             if master:
                 save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
-        if last_step:
+        if step == cfg.max_steps:
             break
-        if enc and step > 0 and due(cfg.sample_interval):
-            # their own generator leaves the training RNG, and so a resume, as it was
-            prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
-            with autocast:
-                rows = generate(whole or raw_model, prompt, 32, top_k=50, generator=torch.Generator(device=device).manual_seed(cfg.seed + step))
-            for i, row in enumerate(rows.tolist()):
-                log(f"sample {i}: {enc.decode(row)!r}")
-
+        if enc and "sample" in due:
+            print_samples(whole or raw_model, enc, device, autocast, cfg.seed + step, log)
         whole = None  # its memory is the step's
+
         # one optimizer step, timed on its own
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -732,7 +670,7 @@ def train(cfg):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # DDP decides in forward whether the backward all-reduces: only the last micro-step syncs
             sync = not ddp or micro_step == grad_accum_steps - 1
-            if cfg.fsdp:  # FSDP2's no_sync, set before the backward: the reduce-scatter happens on the last micro-step only
+            if cfg.fsdp:  # FSDP2's no_sync, set before the backward: only the last micro-step reduce-scatters
                 raw_model.set_requires_gradient_sync(sync)
             with contextlib.nullcontext() if sync or cfg.fsdp else model.no_sync():
                 with autocast:
@@ -754,21 +692,44 @@ def train(cfg):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        loss_value = loss_accum.item()
+        loss_value, norm_value = loss_accum.item(), norm.item()
         if not math.isfinite(loss_value):
-            raise InputError(f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in {log_dir} are untouched")
+            raise InputError(
+                f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in"
+                f" {log_dir} are untouched"
+            )
 
-        tokens_per_sec, norm_value = cfg.total_batch_size / dt, norm.item()
+        tokens_per_sec = cfg.total_batch_size / dt
         mfu = flops_per_step / dt / world_size / peak if peak else None
-        fp16 = f" | scale {scale:.0f}" if scaler.is_enabled() else ""
-        if scaler.get_scale() < scale:  # lowered: this step's float16 gradients overflowed, and the optimizer skipped it
-            fp16 += " | skipped: float16 gradients overflowed, scale lowered"
-        log(f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}{fp16}")
+        extra = f" | scale {scale:.0f}" if scaler.is_enabled() else ""
+        if scaler.get_scale() < scale:  # lowered: this step's float16 gradients overflowed, the optimizer skipped it
+            extra += " | skipped: float16 gradients overflowed, scale lowered"
+        log(
+            f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
+            f" | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}{extra}"
+        )
         run_log.event(step, "train", loss_value)
         run_log.metrics(step, lr=lr, norm=norm_value, tok_per_sec=tokens_per_sec, **({"mfu": mfu} if mfu else {}))
 
     if run_log.wandb_run is not None:
         run_log.wandb_run.finish()
+
+
+def out_of_memory(cfg):
+    """main's one line for a run that ran out of memory: the model, the sizes, and what to lower."""
+    if cfg.init_from or cfg.resume:
+        model = f"the weights of {cfg.init_from or cfg.log_dir}"
+    else:
+        with torch.device("meta"):  # the model's size without its memory
+            model = f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
+    B = cfg.batch_size
+    fix = (
+        f"pass --batch_size {B // 2} or less"
+        if B and B > 1
+        else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"
+    )
+    return f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): {fix}"
+
 
 def main(argv=None):
     cfg = parse_args(argv)
@@ -776,21 +737,14 @@ def main(argv=None):
         train(cfg)
     except InputError as e:
         raise SystemExit(str(e))
-    except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a plain RuntimeError
+    except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a RuntimeError
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
             raise
-        B = cfg.batch_size
-        with torch.device("meta"):  # the model's size without its memory
-            model = f"the weights of {cfg.init_from or cfg.log_dir}" if cfg.init_from or cfg.resume else f"{cfg.model or 'gpt2'}, {GPT(make_model_config(cfg)).num_params() / 1e6:,.1f}M parameters"
-        fix = f"pass --batch_size {B // 2} or less" if B and B > 1 else "a shorter --seq_len, a smaller model, or --fsdp over several GPUs"
-        raise SystemExit(f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): {fix}")
+        raise SystemExit(out_of_memory(cfg))
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-if __name__ == "__main__":
-    # run main from the module train_gpt2, not from __main__: the siblings it imports (hellaswag, sample) import
-    # train_gpt2, and would otherwise load a second copy of this file, with classes of the same names but not the same
-    from train_gpt2 import main
 
+if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """Shared test setup: the offline copies in ../shared/data, the scripts run as a user runs them, and the tiny
 training run most tests start from. Test files take these as fixtures; none imports another."""
+
 import hashlib
 import os
 import subprocess
@@ -27,9 +28,19 @@ TINY = [
 def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
     """One of the repository's scripts (or a script at a path) in a subprocess, as a user runs it; under torchrun with
     that many processes."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    return subprocess.run([*launcher, str(REPO / script), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+        if torchrun
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*launcher, str(REPO / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def read_log(log_dir):
@@ -43,7 +54,11 @@ def read_log(log_dir):
 
 def snapshot(*folders):
     """Each file's sha256 and each folder under these: anything created, changed or removed shows."""
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder" for f in folders for p in sorted(Path(f).rglob("*"))}
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for f in folders
+        for p in sorted(Path(f).rglob("*"))
+    }
 
 
 @pytest.fixture(scope="session")

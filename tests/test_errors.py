@@ -1,5 +1,6 @@
 """Every input a user can get wrong, in every script: one clear line, a non-zero exit, no traceback, and
 no file or folder created, changed or removed. One table, one test; docs/errors.md explains the lines."""
+
 import dataclasses
 import io
 import itertools
@@ -12,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, RESUMABLE, GPTConfig
+from checkpoint import RESUMABLE
+from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPTConfig
 
 HELLA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
-MICRO = dataclasses.asdict(GPTConfig(**MODEL_PRESETS["micro"], vocab_size=PADDED_VOCAB_SIZE))  # what the tiny run trains
+MICRO = dataclasses.asdict(
+    GPTConfig(**MODEL_PRESETS["micro"], vocab_size=PADDED_VOCAB_SIZE)
+)  # what the tiny run trains
 
 # what every row of a script starts from (train_gpt2.py: the tiny run's flags first); a row's own arguments come
 # after, and argparse keeps the last value
@@ -27,7 +31,14 @@ BASE = {
     "plot": [],
     "export": [],
 }
-SCRIPT = {"train": "train_gpt2.py", "sample": "sample.py", "hellaswag": "hellaswag.py", "fineweb": "fineweb.py", "plot": "plot.py", "export": "export_hf.py"}
+SCRIPT = {
+    "train": "train_gpt2.py",
+    "sample": "sample.py",
+    "hellaswag": "hellaswag.py",
+    "fineweb": "fineweb.py",
+    "plot": "plot.py",
+    "export": "export_hf.py",
+}
 # offline, whatever the machine: downloads hit a closed port at once, Hugging Face looks only in an empty cache
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf", "NO_PROXY": "", "no_proxy": ""} | {
     k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
@@ -102,7 +113,9 @@ def hf_folder(**config):
     def make(tmp):
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        GPT2LMHeadModel(GPT2Config(**{"n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2, **config})).save_pretrained(tmp / "hf")
+        GPT2LMHeadModel(
+            GPT2Config(**{"n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2, **config})
+        ).save_pretrained(tmp / "hf")
 
     return make
 
@@ -308,7 +321,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("script, args, make, code, mention, env", BAD_INPUTS)
-def test_bad_input_gets_one_line_and_changes_nothing(script, args, make, code, mention, env, run, tiny, snapshot_of, shakespeare_shards, tmp_path):
+def test_bad_input_gets_one_line_and_changes_nothing(
+    script, args, make, code, mention, env, run, tiny, snapshot_of, shakespeare_shards, tmp_path
+):
     if make:
         make(tmp_path)
     fill = dict(tmp=tmp_path, shards=shakespeare_shards, hella=HELLA_FILE.parent)
@@ -316,7 +331,9 @@ def test_bad_input_gets_one_line_and_changes_nothing(script, args, make, code, m
     # the folders the command is given, besides its own; the 11 MB HellaSwag file is only hashed when named
     folders = [tmp_path] + [fill[k] for k in ("shards", "hella") if str(fill[k]) in args]
     before = snapshot_of(*folders)
-    proc = run(SCRIPT[script], *args, cwd=tmp_path, env={k: v.format(**fill) for k, v in (OFFLINE | env).items()}, timeout=120)
+    proc = run(
+        SCRIPT[script], *args, cwd=tmp_path, env={k: v.format(**fill) for k, v in (OFFLINE | env).items()}, timeout=120
+    )
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     assert proc.returncode == code and len(errors) == 1, proc.stderr

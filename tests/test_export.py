@@ -1,11 +1,13 @@
 """export_hf.py: the folder loads in transformers and computes our logits; its tokenizer is tiktoken's BPE."""
+
 import random
 
 import pytest
 import torch
 
 from export_hf import export_hf
-from train_gpt2 import GPT, GPTConfig, gpt2_tokenizer
+from tokenizer import gpt2_tokenizer
+from train_gpt2 import GPT, GPTConfig
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: its module fixtures are computed once
 

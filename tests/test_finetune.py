@@ -1,5 +1,6 @@
 """train_gpt2.py --init_from: fine-tuning from Hugging Face weights (a small random GPT-2 saved here with
 save_pretrained, as OpenAI's are loaded) or from one of our checkpoints (bad input: test_errors.py)."""
+
 import shutil
 
 import numpy as np
@@ -50,33 +51,76 @@ def test_step_0_val_loss_is_transformers_loss_and_fine_tuning_lowers_it(finetune
     assert checkpoint["config"]["vocab_size"] == 50257  # OpenAI's rows, unpadded: no padded row takes probability
 
 
-def test_from_our_checkpoint_step_0_is_its_val_loss_in_a_log_dir_of_its_own(finetuned, train, tiny, shakespeare_shards, log_of,
-                                                                           snapshot_of, tmp_path):
+def test_from_our_checkpoint_step_0_is_its_val_loss_in_a_log_dir_of_its_own(
+    finetuned, train, tiny, shakespeare_shards, log_of, snapshot_of, tmp_path
+):
     before = snapshot_of(finetuned)
-    proc = train(*tiny, "--max_steps", "2", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log", "--init_from", finetuned)
+    proc = train(
+        *tiny,
+        "--max_steps",
+        "2",
+        "--data_dir",
+        shakespeare_shards,
+        "--log_dir",
+        tmp_path / "log",
+        "--init_from",
+        finetuned,
+    )
     assert proc.returncode == 0, proc.stderr
     saved = torch.load(finetuned / "model_00020.pt", weights_only=True)["val_loss"]
     assert f"{log_of(tmp_path / 'log')[0, 'val']:.4f}" == f"{saved:.4f}"
     assert snapshot_of(finetuned) == before
 
 
-def test_resuming_a_fine_tune_continues_from_its_checkpoint_without_its_flags(finetuned, train, tiny, shakespeare_shards, log_of, tmp_path):
+def test_resuming_a_fine_tune_continues_from_its_checkpoint_without_its_flags(
+    finetuned, train, tiny, shakespeare_shards, log_of, tmp_path
+):
     shutil.copytree(finetuned, tmp_path / "log")
     # the architecture and the micro-batch are the checkpoint's, so the flags may leave them out
-    bare = [a for i, a in enumerate(tiny) if a not in ("--model", "--batch_size") and tiny[i - 1] not in ("--model", "--batch_size")]
-    proc = train(*bare, *STEPS, "--max_steps", "22", "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log",
-                 "--init_from", "gpt2", "--resume")  # gpt2 would need the network: it is not read
+    bare = [
+        a
+        for i, a in enumerate(tiny)
+        if a not in ("--model", "--batch_size") and tiny[i - 1] not in ("--model", "--batch_size")
+    ]
+    proc = train(
+        *bare,
+        *STEPS,
+        "--max_steps",
+        "22",
+        "--data_dir",
+        shakespeare_shards,
+        "--log_dir",
+        tmp_path / "log",
+        "--init_from",
+        "gpt2",
+        "--resume",
+    )  # gpt2 would need the network: it is not read
     assert proc.returncode == 0, proc.stderr
     assert "resuming: --init_from gpt2 is not used, the checkpoint holds the weights" in proc.stdout
     assert "512 tokens per step = 4 x 64 x 1 processes x 2 accumulation steps" in proc.stdout
-    assert "flags changed since that checkpoint, the run goes on with the new values: --max_steps 20 -> 22" in proc.stdout.splitlines()
+    assert (
+        "flags changed since that checkpoint, the run goes on with the new values: --max_steps 20 -> 22"
+        in proc.stdout.splitlines()
+    )
     assert sorted(step for step, kind in log_of(tmp_path / "log") if kind == "train") == list(range(22))
 
 
 def test_a_fine_tuned_checkpoint_samples_scores_and_exports(finetuned, run, shared_data, tmp_path):
-    sample = run("sample.py", "--checkpoint", finetuned, "--device", "cpu", "--num_samples", "1", "--max_new_tokens", "8")
+    sample = run(
+        "sample.py", "--checkpoint", finetuned, "--device", "cpu", "--num_samples", "1", "--max_new_tokens", "8"
+    )
     assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr
-    score = run("hellaswag.py", "--checkpoint", finetuned, "--limit", "8", "--data_dir", shared_data / "hellaswag", "--device", "cpu")
+    score = run(
+        "hellaswag.py",
+        "--checkpoint",
+        finetuned,
+        "--limit",
+        "8",
+        "--data_dir",
+        shared_data / "hellaswag",
+        "--device",
+        "cpu",
+    )
     assert score.returncode == 0 and "hellaswag val: n=8" in score.stdout, score.stderr
     export = run("export_hf.py", finetuned, tmp_path / "hf")
     assert export.returncode == 0, export.stderr

@@ -1,4 +1,5 @@
 """fineweb.py: text in, GPT-2 token shards out (the shard format train_gpt2.py reads), restartable, and a refused folder left untouched (other bad input: test_errors.py)."""
+
 import json
 import os
 import re
@@ -49,26 +50,27 @@ def folder_bytes(out):
 def write_parquet(path, docs, row_group_size=7):
     """A parquet file with FineWeb-Edu's schema, several row groups."""
     n = len(docs)
-    table = pa.table({
-        "text": docs,
-        "id": [f"<urn:uuid:{i:08d}-0000-0000-0000-000000000000>" for i in range(n)],
-        "dump": ["CC-MAIN-2013-20"] * n,
-        "url": [f"http://example.com/{i}" for i in range(n)],
-        "date": ["2013-05-18T05:48:54Z"] * n,
-        "file_path": ["s3://commoncrawl/crawl-data/CC-MAIN-2013-20/segments/0.warc.gz"] * n,
-        "language": ["en"] * n,
-        "language_score": [0.97] * n,
-        "token_count": [len(enc.encode_ordinary(d)) for d in docs],
-        "score": [3.1] * n,
-        "int_score": [3] * n,
-    })
+    table = pa.table(
+        {
+            "text": docs,
+            "id": [f"<urn:uuid:{i:08d}-0000-0000-0000-000000000000>" for i in range(n)],
+            "dump": ["CC-MAIN-2013-20"] * n,
+            "url": [f"http://example.com/{i}" for i in range(n)],
+            "date": ["2013-05-18T05:48:54Z"] * n,
+            "file_path": ["s3://commoncrawl/crawl-data/CC-MAIN-2013-20/segments/0.warc.gz"] * n,
+            "language": ["en"] * n,
+            "language_score": [0.97] * n,
+            "token_count": [len(enc.encode_ordinary(d)) for d in docs],
+            "score": [3.1] * n,
+            "int_score": [3] * n,
+        }
+    )
     pq.write_table(table, path, row_group_size=row_group_size)
 
 
 def write_jsonl(path, docs):
     with open(path, "w", encoding="utf-8") as f:
-        for i, doc in enumerate(docs):
-            f.write(json.dumps({"id": i, "text": doc}) + "\n")
+        f.writelines(json.dumps({"id": i, "text": doc}) + "\n" for i, doc in enumerate(docs))
         f.write("\n")  # a trailing blank line is not a document
 
 
@@ -92,7 +94,7 @@ def corpus(tmp_path, paragraphs):
     txt, parquet = paragraphs[60:63] + tricky[1:3], paragraphs[63:150] + tricky
     write_jsonl(tmp_path / "z.jsonl", jsonl)
     (tmp_path / "txt").mkdir()
-    for name, doc in zip(["01.txt", "02.txt", "10.txt", "11.txt", "12.txt"], txt):
+    for name, doc in zip(["01.txt", "02.txt", "10.txt", "11.txt", "12.txt"], txt, strict=True):
         (tmp_path / "txt" / name).write_bytes(doc.encode())
     write_parquet(tmp_path / "a.parquet", parquet)
     inputs = [tmp_path / "z.jsonl", tmp_path / "txt" / "*.txt", tmp_path / "a.parquet"]
@@ -113,27 +115,101 @@ def test_shards_hold_eot_plus_tokens_of_every_document_in_order(run, tmp_path, c
 def test_one_and_two_processes_write_identical_bytes(run, tmp_path, corpus):
     inputs, _ = corpus
     for n in (1, 2):
-        assert run("fineweb.py", "--input", *inputs, "--out", tmp_path / f"out{n}", "--prefix", "p", "--shard_size", 1000, "--num_proc", n).returncode == 0
+        assert (
+            run(
+                "fineweb.py",
+                "--input",
+                *inputs,
+                "--out",
+                tmp_path / f"out{n}",
+                "--prefix",
+                "p",
+                "--shard_size",
+                1000,
+                "--num_proc",
+                n,
+            ).returncode
+            == 0
+        )
     assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
     # spawned workers, as on Windows and macOS, start without the main process's encoder and load their own
     script = tmp_path / "spawned.py"
-    script.write_text(f"import multiprocessing, sys\nsys.path.insert(0, {str(Path(FINEWEB).parent)!r})\nimport fineweb\n"
-                      "if __name__ == '__main__':\n    multiprocessing.set_start_method('spawn')\n    fineweb.main(sys.argv[1:])\n")
-    args = ["--input", *map(str, inputs), "--out", str(tmp_path / "spawned"), "--prefix", "p", "--shard_size", "1000", "--num_proc", "2"]
+    script.write_text(
+        f"import multiprocessing, sys\nsys.path.insert(0, {str(Path(FINEWEB).parent)!r})\nimport fineweb\n"
+        "if __name__ == '__main__':\n    multiprocessing.set_start_method('spawn')\n    fineweb.main(sys.argv[1:])\n"
+    )
+    args = [
+        "--input",
+        *map(str, inputs),
+        "--out",
+        str(tmp_path / "spawned"),
+        "--prefix",
+        "p",
+        "--shard_size",
+        "1000",
+        "--num_proc",
+        "2",
+    ]
     result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert folder_bytes(tmp_path / "spawned") == folder_bytes(tmp_path / "out1")
 
 
+def offline_env():
+    """The environment of a machine without network: every download goes through a proxy that refuses at once."""
+    refused = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    return {**os.environ, **refused, "NO_PROXY": "", "no_proxy": ""}
+
+
+def scripts_copy(folder):
+    """A scratch copy of the repository's scripts (fineweb.py and the modules it imports), and nothing else."""
+    folder.mkdir()
+    for script in Path(FINEWEB).parent.glob("*.py"):
+        shutil.copy(script, folder)
+    return folder
+
+
+def files_under(folder):
+    """Every path under folder but Python's bytecode caches, which importing the copied modules may write."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if "__pycache__" not in p.parts)
+
+
 def test_tiny_shakespeare_download_that_fails_leaves_nothing_behind(tmp_path):
-    (tmp_path / "kit").mkdir()
-    script = shutil.copy(FINEWEB, tmp_path / "kit")  # the download goes beside the script: here, a folder of the test's
-    shutil.copy(Path(FINEWEB).with_name("cli.py"), tmp_path / "kit")  # what fineweb.py imports
-    offline = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}  # refused at once
-    result = subprocess.run([sys.executable, script, "--dataset", "tinyshakespeare"], capture_output=True, text=True,
-                            cwd=tmp_path, env={**os.environ, **offline, "NO_PROXY": "", "no_proxy": ""}, timeout=120)
+    kit = scripts_copy(tmp_path / "kit")  # no tinyshakespeare/input.txt beside the script: it must download it
+    before = files_under(tmp_path)
+    result = subprocess.run(
+        [sys.executable, kit / "fineweb.py", "--dataset", "tinyshakespeare"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=offline_env(),
+        timeout=120,
+    )
     assert result.returncode == 1 and "cannot download" in result.stderr and "--input" in result.stderr, result.stderr
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kit", "kit/cli.py", "kit/fineweb.py"]
+    assert files_under(tmp_path) == before
+
+
+def test_tiny_shakespeare_ships_with_the_repository_and_tokenizes_offline(repo, tmp_path, shared_data):
+    shipped = repo / "tinyshakespeare" / "input.txt"
+    assert shipped.read_bytes() == (shared_data / "tinyshakespeare" / "input.txt").read_bytes()  # char-rnn's text
+    kit = scripts_copy(tmp_path / "kit")  # the repository as a user clones it: the scripts and the shipped text
+    (kit / "tinyshakespeare").mkdir()
+    shutil.copy(shipped, kit / "tinyshakespeare")
+    result = subprocess.run(
+        [sys.executable, "fineweb.py", "--dataset", "tinyshakespeare", "--shard_size", "32768"],
+        capture_output=True,
+        text=True,
+        cwd=kit,
+        env=offline_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = kit / "tinyshakespeare"  # the shards go beside the text, which stays as it was
+    assert (out / "input.txt").read_bytes() == shipped.read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["config"]["source"] == [str((out / "input.txt").resolve())]
+    arrays = shards(out)
+    assert len(arrays) == 11 and (out / "tinyshakespeare_val_000000.npy").exists()  # 338k tokens, 32,768 a shard
+    np.testing.assert_array_equal(np.concatenate(arrays), reference([shipped.read_bytes().decode("utf-8")]))
 
 
 def test_tiny_shakespeare_offline_is_one_document_split_into_val_and_train_shards(run, tmp_path, shared_data):
@@ -155,7 +231,9 @@ def test_hugging_face_dataset_path_reads_the_same_documents(run, tmp_path, corpu
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     for streaming in ([], ["--streaming"]):
         out = tmp_path / f"out{len(streaming)}"
-        result = run("fineweb.py", "--dataset", tmp_path / "hub", "--out", out, "--shard_size", 1000, *streaming, env=env)
+        result = run(
+            "fineweb.py", "--dataset", tmp_path / "hub", "--out", out, "--shard_size", 1000, *streaming, env=env
+        )
         assert result.returncode == 0, result.stderr
         np.testing.assert_array_equal(np.concatenate(shards(out)), reference(docs))
 
@@ -164,7 +242,7 @@ def test_hugging_face_dataset_path_reads_the_same_documents(run, tmp_path, corpu
 def big_corpus(tmp_path, shared_data):
     """~3M tokens in FineWeb-sized documents (~1k tokens): long enough to interrupt a run."""
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
-    return [text[i:i + 4000] for shift in range(0, 1000, 100) for i in range(shift, len(text), 4000)]
+    return [text[i : i + 4000] for shift in range(0, 1000, 100) for i in range(shift, len(text), 4000)]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -175,8 +253,12 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
     assert run("fineweb.py", *args, "--out", tmp_path / "whole").returncode == 0
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, FINEWEB, *map(str, args), "--out", str(out)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, FINEWEB, *map(str, args), "--out", str(out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while len(list(out.glob("*.npy"))) < 3 and proc.poll() is None:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its tokenizer processes, with no chance to clean up
@@ -198,13 +280,19 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
 def test_ctrl_c_leaves_complete_shards_and_says_how_to_continue(tmp_path, big_corpus):
     write_jsonl(tmp_path / "docs.jsonl", big_corpus)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, FINEWEB, "--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--shard_size", "100000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, FINEWEB, "--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--shard_size", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not list(out.glob("*.npy")) and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert "run the same command again" in one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
+    assert "run the same command again" in one_line_error(
+        subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    )
     assert shards(out) and not json.loads((out / "manifest.json").read_text())["complete"]
 
 
@@ -223,13 +311,17 @@ def test_restart_from_each_finished_shard_continues_exactly(tmp_path, corpus, so
     fineweb.main(args + ["--out", str(tmp_path / "whole")])
     whole = folder_bytes(tmp_path / "whole")
     manifest = json.loads(whole["manifest.json"])
-    assert any(s["end_offset"] for s in manifest["shards"]) and any(not s["end_offset"] for s in manifest["shards"][:-1])
+    assert any(s["end_offset"] for s in manifest["shards"]) and any(
+        not s["end_offset"] for s in manifest["shards"][:-1]
+    )
     for k in range(1, len(manifest["shards"])):
         out = tmp_path / f"from{k}"
         out.mkdir()
         for s in manifest["shards"][:k]:
             (out / s["file"]).write_bytes(whole[s["file"]])
-        (out / "manifest.json").write_text(json.dumps({**manifest, "shards": manifest["shards"][:k], "complete": False}))
+        (out / "manifest.json").write_text(
+            json.dumps({**manifest, "shards": manifest["shards"][:k], "complete": False})
+        )
         capsys.readouterr()
         fineweb.main(args + ["--out", str(out)])
         done = sum(s["tokens"] for s in manifest["shards"][:k])
@@ -250,7 +342,9 @@ def test_folder_of_another_run_is_refused_and_left_untouched(run, tmp_path, corp
     out = tmp_path / "out"
     assert run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 1000).returncode == 0
     before = folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert "shard_size 1000 there, 999 now" in one_line_error(run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 999))
+    assert "shard_size 1000 there, 999 now" in one_line_error(
+        run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 999)
+    )
     assert "--out" in one_line_error(run("fineweb.py", "--input", inputs[0], "--out", out, "--shard_size", 1000))
     assert before == (folder_bytes(out), {p.name: p.stat().st_mtime_ns for p in out.iterdir()})
     assert "nothing to do" in run("fineweb.py", "--input", *inputs, "--out", out, "--shard_size", 1000).stdout
@@ -277,6 +371,16 @@ def test_download_from_a_server_that_never_answers_gives_up_and_leaves_nothing(t
 def test_help_lists_every_flag_with_its_default(run):
     result = run("fineweb.py", "--help")
     assert result.returncode == 0
-    for flag in ["--input", "--dataset", "--name", "--streaming", "--text_column", "--out", "--prefix", "--shard_size", "--num_proc"]:
+    for flag in [
+        "--input",
+        "--dataset",
+        "--name",
+        "--streaming",
+        "--text_column",
+        "--out",
+        "--prefix",
+        "--shard_size",
+        "--num_proc",
+    ]:
         assert flag in result.stdout
     assert result.stdout.count("(default:") == 9

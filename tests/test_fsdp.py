@@ -1,5 +1,6 @@
 """--fsdp: the same steps as DDP with each rank holding half of the state, and checkpoints in the one format that
 DDP, FSDP and sample.py read. One FSDP run with checkpoints, then its resumes, shared by the tests."""
+
 import re
 
 import pytest
@@ -22,13 +23,28 @@ def runs(train, tiny, shakespeare_shards, shared_data, tmp_path_factory):
     fsdp_resumed and ddp_resumed continue fsdp's step-5 checkpoint under FSDP and under DDP."""
     tmp = tmp_path_factory.mktemp("fsdp")
     args = [*tiny, "--data_dir", shakespeare_shards, *STEPS]
-    fsdp = ["--fsdp", "--hellaswag_interval", "5", "--hellaswag_limit", "8", "--hellaswag_dir", shared_data / "hellaswag", "--sample_interval", "5"]
-    out = {name: (tmp / name, train(*args, *flags, "--log_dir", tmp / name, torchrun=2)) for name, flags in (("ddp", []), ("fsdp", fsdp))}
+    fsdp = [
+        "--fsdp",
+        "--hellaswag_interval",
+        "5",
+        "--hellaswag_limit",
+        "8",
+        "--hellaswag_dir",
+        shared_data / "hellaswag",
+        "--sample_interval",
+        "5",
+    ]
+    out = {
+        name: (tmp / name, train(*args, *flags, "--log_dir", tmp / name, torchrun=2))
+        for name, flags in (("ddp", []), ("fsdp", fsdp))
+    }
     lines = (tmp / "fsdp" / "log.txt").read_text().splitlines(keepends=True)
     for name, flags in (("fsdp_resumed", fsdp), ("ddp_resumed", [])):
         (tmp / name).mkdir()
         (tmp / name / "model_00005.pt").write_bytes((tmp / "fsdp" / "model_00005.pt").read_bytes())
-        (tmp / name / "log.txt").write_text("".join(line for line in lines if int(line.split()[0]) <= 7))  # cut at step 7
+        (tmp / name / "log.txt").write_text(
+            "".join(line for line in lines if int(line.split()[0]) <= 7)
+        )  # cut at step 7
         out[name] = tmp / name, train(*args, *flags, "--resume", "--log_dir", tmp / name, torchrun=2)
     for name, (_, proc) in out.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
@@ -55,10 +71,18 @@ def test_fsdp_takes_the_same_steps_as_ddp(runs, log_of):
 
 
 def test_each_rank_holds_half_of_the_state(runs):
-    held = {name: int(re.search(r"([\d,]+) bytes of weights, gradients and AdamW moments per process", runs[name][1].stdout)[1].replace(",", ""))
-            for name in ("ddp", "fsdp")}
+    held = {
+        name: int(
+            re.search(r"([\d,]+) bytes of weights, gradients and AdamW moments per process", runs[name][1].stdout)[
+                1
+            ].replace(",", "")
+        )
+        for name in ("ddp", "fsdp")
+    }
     with torch.device("meta"):
-        n_params = GPT(GPTConfig(**torch.load(runs["fsdp"][0] / "model_00010.pt", weights_only=True)["config"])).num_params()
+        n_params = GPT(
+            GPTConfig(**torch.load(runs["fsdp"][0] / "model_00010.pt", weights_only=True)["config"])
+        ).num_params()
     assert held["ddp"] == 16 * n_params  # fp32 weights, gradients and AdamW's two moments, whole on every rank
     assert held["fsdp"] == held["ddp"] // 2  # every dimension of the micro model splits evenly in two
 
@@ -68,7 +92,10 @@ def test_fsdp_checkpoint_has_the_format_of_ddp(runs):
     assert a.keys() == b.keys() and a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-5, rtol=1e-4, msg=k)
-    assert b["model"]["lm_head.weight"].untyped_storage().data_ptr() == b["model"]["transformer.wte.weight"].untyped_storage().data_ptr()
+    assert (
+        b["model"]["lm_head.weight"].untyped_storage().data_ptr()
+        == b["model"]["transformer.wte.weight"].untyped_storage().data_ptr()
+    )
     assert b["optimizer"]["param_groups"] == a["optimizer"]["param_groups"]  # integer ids, in param_groups order
     assert b["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
     for i, state in a["optimizer"]["state"].items():
@@ -86,6 +113,8 @@ def test_fsdp_checkpoint_resumes_under_fsdp_exactly_and_under_ddp(runs, log_of):
 
 
 def test_sample_reads_an_fsdp_checkpoint(runs, run):
-    proc = run("sample.py", "--checkpoint", runs["fsdp"][0], "--device", "cpu", "--max_new_tokens", "8", "--num_samples", "2")
+    proc = run(
+        "sample.py", "--checkpoint", runs["fsdp"][0], "--device", "cpu", "--max_new_tokens", "8", "--num_samples", "2"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()

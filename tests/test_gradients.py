@@ -1,5 +1,6 @@
 """The training step's numbers: our gradients against transformers' GPT-2, and the compiled bf16 path
 (the one bench.py times) against the eager float32 one."""
+
 import pytest
 import torch
 
@@ -21,7 +22,9 @@ def test_gradients_equal_transformers_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    cfg = GPT2Config(
+        vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+    )
     hf = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         for p in hf.parameters():  # biases and LayerNorms too, so every gradient is a real check
@@ -43,7 +46,9 @@ def test_gradients_equal_transformers_gpt2():
     hf_grads = dict(hf.named_parameters())
     for name, grad in grads.items():
         expected = hf_grads[name].grad
-        torch.testing.assert_close(grad, expected.t() if name.endswith(transposed) else expected, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(
+            grad, expected.t() if name.endswith(transposed) else expected, atol=1e-5, rtol=1e-4, msg=name
+        )
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16"])

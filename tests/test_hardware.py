@@ -1,12 +1,13 @@
 """The GPU a learner has: float16 with a gradient scaler, a micro-batch that fits, a compile that falls back,
 and out-of-memory in one line. float16 autocast and the scaler run on a CPU, slowly (emulated: a few small steps)."""
+
 import re
 import shutil
 
 import pytest
 import torch
 
-from train_gpt2 import fit_batch_size
+from hardware import fit_batch_size
 
 pytestmark = pytest.mark.xdist_group("hardware")  # one worker: its module fixtures are computed once
 
@@ -34,10 +35,12 @@ def runs(train, tiny, shakespeare_shards, tmp_path_factory):
 def test_float16_follows_float32_and_shows_its_loss_scale(runs, log_of):
     (f32, _), (f16, stdout) = runs["float32"], runs["float16"]
     assert "float16 autocast (--dtype float16)" in stdout
-    assert len(re.findall(r"^step \d+ .* \| scale 65536$", stdout, re.M)) == 20  # no overflow at the usual scale
+    assert (
+        len(re.findall(r"^step \d+ .* \| scale 65536$", stdout, re.MULTILINE)) == 20
+    )  # no overflow at the usual scale
     fp16_losses, fp32_losses = train_losses(log_of(f16)), train_losses(log_of(f32))
     assert len(fp16_losses) == 20
-    assert max(abs(a - b) for a, b in zip(fp16_losses, fp32_losses)) < 1e-2, (fp16_losses, fp32_losses)
+    assert max(abs(a - b) for a, b in zip(fp16_losses, fp32_losses, strict=True)) < 1e-2, (fp16_losses, fp32_losses)
 
 
 def resume_copy(log_dir, tmp_path, edit=None):
@@ -63,13 +66,30 @@ def test_float16_resume_repeats_the_uninterrupted_run_bitwise(runs, train, tiny,
         torch.testing.assert_close(resumed, uninterrupted, rtol=0, atol=0)
 
 
-def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(runs, train, tiny, shakespeare_shards, tmp_path):
+def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(
+    runs, train, tiny, shakespeare_shards, tmp_path
+):
     log_dir, _ = runs["float16"]
     copy = resume_copy(log_dir, tmp_path, edit=lambda checkpoint: checkpoint["scaler"].update(scale=2.0**40))
-    proc = train(*tiny, *SMALL, "--max_steps", "13", "--checkpoint_interval", "13", "--data_dir", shakespeare_shards, "--log_dir", copy,
-                 "--dtype", "float16", "--resume")
+    proc = train(
+        *tiny,
+        *SMALL,
+        "--max_steps",
+        "13",
+        "--checkpoint_interval",
+        "13",
+        "--data_dir",
+        shakespeare_shards,
+        "--log_dir",
+        copy,
+        "--dtype",
+        "float16",
+        "--resume",
+    )
     assert proc.returncode == 0, proc.stderr
-    skipped = re.findall(r"^step (\d+) .* \| scale (\d+) \| skipped: float16 gradients overflowed", proc.stdout, re.M)
+    skipped = re.findall(
+        r"^step (\d+) .* \| scale (\d+) \| skipped: float16 gradients overflowed", proc.stdout, re.MULTILINE
+    )
     assert skipped == [("10", str(2**40)), ("11", str(2**39)), ("12", str(2**38))]  # halved at each overflow
     before, after = (torch.load(copy / name, weights_only=True) for name in ("model_00010.pt", "model_00013.pt"))
     torch.testing.assert_close(after["model"], before["model"], rtol=0, atol=0)  # three steps, no update
@@ -78,23 +98,44 @@ def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(runs, t
 
 def test_the_batch_fitter_halves_to_the_largest_batch_that_fits_and_keeps_the_total():
     T = 1024
-    for total, memory_rows, expected in [(524288, 64, 64), (524288, 63, 32), (524288, 20, 16), (524288, 1, 1), (524288, 0, 0),
-                                         (32768, 64, 32), (3 * 1024, 64, 1)]:  # 32 or 3 sequences a step: B must divide them
+    for total, memory_rows, expected in [
+        (524288, 64, 64),
+        (524288, 63, 32),
+        (524288, 20, 16),
+        (524288, 1, 1),
+        (524288, 0, 0),
+        (32768, 64, 32),
+        (3 * 1024, 64, 1),
+    ]:  # 32 or 3 sequences a step: B must divide them
         tried = []
-        B = fit_batch_size(total // T, lambda b: tried.append(b) or b <= memory_rows)
+        B = fit_batch_size(total // T, lambda b, tried=tried, rows=memory_rows: tried.append(b) or b <= rows)
         assert B == expected and tried == [tried[0] >> i for i in range(len(tried))], (total, memory_rows, tried)
         if B:
             assert total % (B * T) == 0  # more accumulation steps make up the same tokens a step
 
 
-def test_compile_without_a_compiler_says_so_once_and_trains_eagerly(runs, train, tiny, shakespeare_shards, log_of, tmp_path):
+def test_compile_without_a_compiler_says_so_once_and_trains_eagerly(
+    runs, train, tiny, shakespeare_shards, log_of, tmp_path
+):
     f32, _ = runs["float32"]
-    proc = train(*tiny, *SMALL, "--data_dir", shakespeare_shards, "--log_dir", tmp_path / "log", "--dtype", "float32", "--compile",
-                 env={"CXX": str(tmp_path / "no-such-c++")})
+    proc = train(
+        *tiny,
+        *SMALL,
+        "--data_dir",
+        shakespeare_shards,
+        "--log_dir",
+        tmp_path / "log",
+        "--dtype",
+        "float32",
+        "--compile",
+        env={"CXX": str(tmp_path / "no-such-c++")},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     notes = [line for line in proc.stdout.splitlines() if "compile" in line]
-    assert notes[0].startswith("torch.compile cannot compile here (No working C++ compiler") and "compile off" in notes[1], notes
+    assert (
+        notes[0].startswith("torch.compile cannot compile here (No working C++ compiler") and "compile off" in notes[1]
+    ), notes
     assert train_losses(log_of(tmp_path / "log")) == train_losses(log_of(f32))
 
 

@@ -1,4 +1,5 @@
 """hellaswag.py: scores against an independent per-ending loop, batching, ranks, and the download (bad input: test_errors.py)."""
+
 import dataclasses
 import functools
 import http.server
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import hellaswag
-from train_gpt2 import GPT, GPTConfig, InputError
+from cli import InputError
+from train_gpt2 import GPT, GPTConfig
 
 pytestmark = pytest.mark.xdist_group("hellaswag")  # one worker: its module fixtures are computed once
 
@@ -96,10 +98,21 @@ def expected_line(rows):
 # --- scores -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source, n", [("model_type", N), ("checkpoint", 200)])  # the loading differs; 200 examples check it
-def test_cli_scores_match_a_per_ending_reference_loop_in_float32_by_default(run, source, n, tiny_hf, tiny_checkpoint, reference, val_file):
+@pytest.mark.parametrize(
+    "source, n", [("model_type", N), ("checkpoint", 200)]
+)  # the loading differs; 200 examples check it
+def test_cli_scores_match_a_per_ending_reference_loop_in_float32_by_default(
+    run, source, n, tiny_hf, tiny_checkpoint, reference, val_file
+):
     model = ["--model_type", str(tiny_hf)] if source == "model_type" else ["--checkpoint", str(tiny_checkpoint)]
-    common = ["--data_dir", str(val_file.parent), "--limit", str(n), "--device", "cpu"]  # no --dtype: float32 on any CPU
+    common = [
+        "--data_dir",
+        str(val_file.parent),
+        "--limit",
+        str(n),
+        "--device",
+        "cpu",
+    ]  # no --dtype: float32 on any CPU
     proc = run("hellaswag.py", *model, *common)
     assert proc.returncode == 0, proc.stderr
     assert "float32 (--dtype float32)" in proc.stdout  # the default itself, not auto (float32 on some CPUs only)
@@ -115,7 +128,9 @@ def test_batch_size_does_not_change_any_prediction(tiny_checkpoint, reference, v
     assert many == ([r[0] for r in reference[:24]], [r[1] for r in reference[:24]])
 
 
-def test_slicing_the_lm_head_and_the_loss_does_not_change_any_prediction(tiny_checkpoint, reference, val_file, monkeypatch):
+def test_slicing_the_lm_head_and_the_loss_does_not_change_any_prediction(
+    tiny_checkpoint, reference, val_file, monkeypatch
+):
     model = GPT.from_checkpoint(tiny_checkpoint).eval()
     examples = hellaswag.load_examples(val_file.parent, "val", limit=24)
     expected = ([r[0] for r in reference[:24]], [r[1] for r in reference[:24]])
@@ -131,7 +146,9 @@ def test_long_contexts_lose_their_oldest_tokens(val_file):
     model = GPT(GPTConfig(block_size=40, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()
     examples = hellaswag.load_examples(val_file.parent, "val", limit=20)
     rows = [(ctx, end) for ctx, endings, _ in examples for end in endings]
-    assert sum(len(ctx) + len(end) > 41 for ctx, end in rows) > 20 and max(len(end) for _, end in rows) < 40  # crops only contexts
+    assert (
+        sum(len(ctx) + len(end) > 41 for ctx, end in rows) > 20 and max(len(end) for _, end in rows) < 40
+    )  # crops only contexts
     choices_norm = []
     for ctx, endings, _ in examples:  # reference: each row on its own, its last 41 tokens, the ending's mean loss
         means = []
@@ -197,7 +214,9 @@ def test_two_processes_count_what_one_process_counts(run, repo, tiny_checkpoint,
     one = hellaswag.evaluate(model, examples, 256, CPU, FP32, batch_size=4)
     rows = reference[:21]
     assert one == (21, sum(c == label for c, _, label in rows), sum(c == label for _, c, label in rows))
-    assert [line for line in proc.stdout.splitlines() if line.startswith("counts")] == ["counts %d %d %d" % one]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("counts")] == [
+        f"counts {one[0]} {one[1]} {one[2]}"
+    ]
 
 
 # --- data ---------------------------------------------------------------------
@@ -221,7 +240,9 @@ def file_server(val_file):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(val_file.parent)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(val_file.parent))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -251,7 +272,16 @@ def test_help_lists_every_flag_with_its_default(capsys):
         hellaswag.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for flag in ["--model_type", "--checkpoint", "--data_dir", "--split", "--limit", "--batch_size", "--device", "--dtype"]:
+    for flag in [
+        "--model_type",
+        "--checkpoint",
+        "--data_dir",
+        "--split",
+        "--limit",
+        "--batch_size",
+        "--device",
+        "--dtype",
+    ]:
         assert flag in text
     assert text.count("(default:") == 8
 

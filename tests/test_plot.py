@@ -1,9 +1,9 @@
 """plot.png: drawn at every evaluation when matplotlib is installed; without it training still succeeds."""
+
 import subprocess
 import sys
 
 import pytest
-
 
 SHORT = ["--max_steps", "4", "--eval_interval", "2"]  # after the tiny run's flags
 
@@ -32,7 +32,9 @@ def test_training_without_matplotlib_says_so_once_and_succeeds(repo, tiny, shake
 
 def test_plot_command_draws_any_log_dir(run, tmp_path):
     pytest.importorskip("matplotlib")
-    lines = [f"{s} train {10 - s / 100:.6f}" for s in range(500)] + [f"{s} val {10 - s / 100:.4f}\n{s} hella {0.25 + s / 1e4:.4f}" for s in range(0, 500, 100)]
+    lines = [f"{s} train {10 - s / 100:.6f}" for s in range(500)] + [
+        f"{s} val {10 - s / 100:.4f}\n{s} hella {0.25 + s / 1e4:.4f}" for s in range(0, 500, 100)
+    ]
     (tmp_path / "log.txt").write_text("\n".join(lines) + "\n")
     proc = run("plot.py", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,7 @@
 """The details of GPT-2's recipe that a reproduction can get subtly wrong and still train: the architecture to the
 last activation, the init, the learning-rate schedule, clipping, gradient accumulation (in one process and under
 DDP) and the val loss. Each is checked against an independent reference, tightly enough that the usual slip fails."""
+
 import math
 import re
 
@@ -12,7 +13,12 @@ from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, evaluate, ge
 
 pytestmark = pytest.mark.xdist_group("recipe")  # one worker: its module fixtures are computed once
 
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D: (in, out)
+HF_TRANSPOSED = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)  # Conv1D: (in, out)
 FP32 = torch.autocast("cpu", enabled=False)
 
 
@@ -25,12 +31,23 @@ def hf_gpt2(activation):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=500, n_positions=32, n_embd=128, n_layer=2, n_head=4, activation_function=activation,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=500,
+        n_positions=32,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        activation_function=activation,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     hf = GPT2LMHeadModel(config).double().eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
-            p.normal_(1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0, 0.2)  # LayerNorm gains near 1
+            p.normal_(
+                1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0, 0.2
+            )  # LayerNorm gains near 1
     return hf
 
 
@@ -64,7 +81,9 @@ def test_init_follows_gpt2_residual_scaling():
         if expected is None:
             assert torch.equal(p, torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)), name
         else:
-            assert p.std().item() == pytest.approx(expected, rel=0.03), f"{name}: std {p.std().item():.5f}, GPT-2 init {expected:.5f}"
+            assert p.std().item() == pytest.approx(expected, rel=0.03), (
+                f"{name}: std {p.std().item():.5f}, GPT-2 init {expected:.5f}"
+            )
             assert abs(p.mean().item()) < expected / 10, name
 
 
@@ -84,7 +103,9 @@ def test_learning_rate_warms_up_linearly_then_cosine_decays_to_a_tenth():
         150: floor,  # past the end (a resumed run with a shorter --max_steps)
     }
     for step, lr in expected.items():
-        assert get_lr(step, cfg) == pytest.approx(lr, rel=1e-12), f"step {step}: lr {get_lr(step, cfg)}, the schedule says {lr}"
+        assert get_lr(step, cfg) == pytest.approx(lr, rel=1e-12), (
+            f"step {step}: lr {get_lr(step, cfg)}, the schedule says {lr}"
+        )
 
 
 # --- one optimizer step: accumulation and clipping --------------------------------------------------------------
@@ -105,36 +126,77 @@ def reference_step(tiny, shards, grad_clip):
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
     for p in params:
         p.grad *= min(1.0, grad_clip / (norm + 1e-6))  # torch.nn.utils.clip_grad_norm_'s rule
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},  # matrices decay (GPT-3)
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},  # matrices decay (GPT-3)
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     torch.optim.AdamW(groups, lr=cfg.max_lr / cfg.warmup_steps, betas=(0.9, 0.95), eps=1e-8, foreach=False).step()
     return norm, model.state_dict()
 
 
 @pytest.mark.parametrize("grad_clip", [1e-5, 100.0], ids=["clipped", "unclipped"])
-def test_first_step_equals_one_batch_of_all_the_rows_clipped_by_the_global_norm(grad_clip, train, tiny, shakespeare_shards, tmp_path):
+def test_first_step_equals_one_batch_of_all_the_rows_clipped_by_the_global_norm(
+    grad_clip, train, tiny, shakespeare_shards, tmp_path
+):
     # 1e-5 scales every gradient to ~1e-9 an element, near AdamW's eps (1e-8), so the update shows the clip's scale
     # (AdamW would hide it otherwise); 100 clips nothing, so the update is the raw gradient's. A weight decay of 10
     # (lr x decay = 6e-3) shows which parameters decay: matrices and embeddings, not biases and LayerNorm gains
-    proc = train(*tiny, "--data_dir", shakespeare_shards, "--log_dir", tmp_path, "--max_steps", "1", "--eval_interval", "0",
-                 "--grad_clip", str(grad_clip), "--weight_decay", "10")
+    proc = train(
+        *tiny,
+        "--data_dir",
+        shakespeare_shards,
+        "--log_dir",
+        tmp_path,
+        "--max_steps",
+        "1",
+        "--eval_interval",
+        "0",
+        "--grad_clip",
+        str(grad_clip),
+        "--weight_decay",
+        "10",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 accumulation steps" in proc.stdout
     logged_norm = float(re.search(r"step 0 \|.*\| norm (\S+) \|", proc.stdout).group(1))
     norm, expected = reference_step(tiny, shakespeare_shards, grad_clip)
     # the logged norm is the gradient's before clipping, of the mean loss over all 8 rows (not the micro-steps' sum)
-    assert logged_norm == pytest.approx(norm, abs=1e-4), f"logged norm {logged_norm}, the batch's gradient norm {norm:.4f}"
+    assert logged_norm == pytest.approx(norm, abs=1e-4), (
+        f"logged norm {logged_norm}, the batch's gradient norm {norm:.4f}"
+    )
     weights = torch.load(tmp_path / "model_00001.pt", weights_only=True)["model"]
     for name, value in expected.items():
-        torch.testing.assert_close(weights[name], value, atol=2e-6, rtol=1e-4,
-                                   msg=f"{name} after the first step is not one AdamW step on the clipped gradient of all 8 rows")
+        torch.testing.assert_close(
+            weights[name],
+            value,
+            atol=2e-6,
+            rtol=1e-4,
+            msg=f"{name} after the first step is not one AdamW step on the clipped gradient of all 8 rows",
+        )
 
 
-def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(train, log_of, tiny, shakespeare_shards, tmp_path):
+def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(
+    train, log_of, tiny, shakespeare_shards, tmp_path
+):
     # the DDP sync must happen on the LAST micro-step: any other leaves a micro-step's gradient un-averaged, and the
     # ranks' weights drift apart. 127 val sequences: ranks and batches of 2 score uneven shares
-    args = [*tiny, "--data_dir", shakespeare_shards, "--batch_size", "2", "--seq_len", "32", "--total_batch_size", "256",
-            "--max_steps", "6", "--eval_interval", "3", "--val_tokens", str(127 * 32)]
+    args = [
+        *tiny,
+        "--data_dir",
+        shakespeare_shards,
+        "--batch_size",
+        "2",
+        "--seq_len",
+        "32",
+        "--total_batch_size",
+        "256",
+        "--max_steps",
+        "6",
+        "--eval_interval",
+        "3",
+        "--val_tokens",
+        str(127 * 32),
+    ]
     one = train(*args, "--log_dir", tmp_path / "one")
     two = train(*args, "--log_dir", tmp_path / "two", torchrun=2)
     assert one.returncode == 0, one.stderr
@@ -144,8 +206,12 @@ def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(train, l
     a, b = log_of(tmp_path / "one"), log_of(tmp_path / "two")
     assert a.keys() == b.keys()
     for key in a:
-        assert abs(a[key] - b[key]) < (1e-5 if key[1] == "train" else 2e-4), f"{key}: one process {a[key]}, two {b[key]}"
-    wa, wb = (torch.load(d / "model_00006.pt", weights_only=True)["model"] for d in (tmp_path / "one", tmp_path / "two"))
+        assert abs(a[key] - b[key]) < (1e-5 if key[1] == "train" else 2e-4), (
+            f"{key}: one process {a[key]}, two {b[key]}"
+        )
+    wa, wb = (
+        torch.load(d / "model_00006.pt", weights_only=True)["model"] for d in (tmp_path / "one", tmp_path / "two")
+    )
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4, msg=f"{name}: DDP and one process part")
 
@@ -178,11 +244,15 @@ def test_val_loss_is_the_mean_over_every_token_when_batches_are_uneven(spread_mo
         batches = [loader.batch_at(i * 32, n) for i, n in ((0, 2), (2, 2), (4, 1))]
         batch_means = [spread_model(x, y)[1].item() for x, y in batches]
     assert abs(sum(batch_means) / 3 - expected) > 1e-3  # averaging per batch would be visibly wrong here
-    got = evaluate(spread_model, loader, n_seqs=5, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"), autocast=FP32)
+    got = evaluate(
+        spread_model, loader, n_seqs=5, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"), autocast=FP32
+    )
     assert got == pytest.approx(expected, abs=1e-5), f"val loss {got}, the per-token mean {expected}"
 
 
-def test_val_loss_over_two_ranks_with_uneven_shares_is_the_mean_over_every_token(run, spread_model, repo, shakespeare_shards, tmp_path):
+def test_val_loss_over_two_ranks_with_uneven_shares_is_the_mean_over_every_token(
+    run, spread_model, repo, shakespeare_shards, tmp_path
+):
     torch.save(spread_model.state_dict(), tmp_path / "model.pt")
     script = tmp_path / "val.py"
     script.write_text(

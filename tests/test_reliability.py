@@ -1,5 +1,6 @@
 """Kill training anywhere, damage its newest checkpoint, lose a DDP rank: the run resumes or ends cleanly,
 and nothing saved is ever corrupt."""
+
 import os
 import random
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from train_gpt2 import checkpoint_paths
+from checkpoint import checkpoint_paths
 
 
 def assert_checkpoints_load(log_dir):
@@ -23,9 +24,23 @@ def final_weights(log_dir, step):
     return torch.load(Path(log_dir) / f"model_{step:05d}.pt", weights_only=True)["model"]
 
 
-def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(repo, train, tiny, shakespeare_shards, tmp_path):
+def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(
+    repo, train, tiny, shakespeare_shards, tmp_path
+):
     # checkpoints and evaluations are frequent so that kills land in steps, evals and checkpoint writes alike
-    args = [*tiny, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "10", "--eval_interval", "3", "--checkpoint_interval", "2"]
+    args = [
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--total_batch_size",
+        "256",
+        "--max_steps",
+        "10",
+        "--eval_interval",
+        "3",
+        "--checkpoint_interval",
+        "2",
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train(*args, "--log_dir", str(full)).returncode == 0
 
@@ -51,7 +66,19 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(repo
 
 
 def test_resume_falls_back_past_a_damaged_newest_checkpoint(train, log_of, tiny, shakespeare_shards, tmp_path):
-    args = [*tiny, "--data_dir", str(shakespeare_shards), "--total_batch_size", "256", "--max_steps", "6", "--eval_interval", "3", "--checkpoint_interval", "3"]
+    args = [
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--total_batch_size",
+        "256",
+        "--max_steps",
+        "6",
+        "--eval_interval",
+        "3",
+        "--checkpoint_interval",
+        "3",
+    ]
     full, damaged = tmp_path / "full", tmp_path / "damaged"
     assert train(*args, "--log_dir", str(full)).returncode == 0
     damaged.mkdir()
@@ -74,7 +101,9 @@ def test_a_dead_ddp_rank_ends_the_job_instead_of_hanging(repo, tiny, shakespeare
     args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--batch_size", "2", "--seq_len", "32",
             "--total_batch_size", "128", "--max_steps", "100000", "--eval_interval", "0", "--checkpoint_interval", "3"]  # fmt: skip
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.Popen([*launcher, str(repo / "train_gpt2.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*launcher, str(repo / "train_gpt2.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     for line in proc.stdout:
         if line.startswith("step 5 |"):
             break

@@ -1,4 +1,5 @@
 """sample.generate against transformers and a full recompute, seeded sampling, and the sample.py CLI end to end."""
+
 import dataclasses
 
 import pytest
@@ -6,7 +7,8 @@ import tiktoken
 import torch
 
 from sample import generate
-from train_gpt2 import GPT2_VOCAB_SIZE, GPT, GPTConfig, PADDED_VOCAB_SIZE
+from tokenizer import GPT2_VOCAB_SIZE
+from train_gpt2 import GPT, PADDED_VOCAB_SIZE, GPTConfig
 
 pytestmark = pytest.mark.xdist_group("sample")  # one worker: its module fixtures are computed once
 
@@ -83,7 +85,9 @@ def test_same_seed_same_samples_other_seed_other_samples():
 def test_padded_ids_are_never_sampled():
     model = random_gpt()
     for top_k in (None, 100):
-        out = generate(model, prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
+        out = generate(
+            model, prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0)
+        )
         assert out.max() < GPT2_VOCAB_SIZE
 
 
@@ -109,8 +113,17 @@ def test_top_k_samples_only_among_the_k_most_likely():
 def sample(run):
     """sample.py with these flags, in float32 on the CPU so the runs match the in-process reference; offline, so
     a hub name fails at once."""
-    return lambda *args, cwd=None, env=None: run("sample.py", "--device", "cpu", "--dtype", "float32", *args, cwd=cwd,
-                                                  env={"HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+    return lambda *args, cwd=None, env=None: run(
+        "sample.py",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        *args,
+        cwd=cwd,
+        env={"HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=300,
+    )
 
 
 def expected_stdout(model, prompt, seed, max_new_tokens, top_k=50):
@@ -198,22 +211,51 @@ def test_init_from_a_local_hugging_face_folder(sample, tmp_path):
 
 def test_help_lists_every_flag_with_its_default(sample):
     proc = sample("--help")
-    flags = ["--checkpoint", "--init_from", "--prompt", "--num_samples", "--max_new_tokens", "--temperature", "--top_k", "--seed", "--device", "--dtype", "--compile"]
+    flags = [
+        "--checkpoint",
+        "--init_from",
+        "--prompt",
+        "--num_samples",
+        "--max_new_tokens",
+        "--temperature",
+        "--top_k",
+        "--seed",
+        "--device",
+        "--dtype",
+        "--compile",
+    ]
     assert proc.returncode == 0 and all(f in proc.stdout for f in flags)
     assert proc.stdout.count("(default:") == len(flags)
 
 
 def test_compile_captures_one_decode_step_and_gives_the_recomputed_tokens_past_the_context(tmp_path, capsys):
-    import sample as sample_py
     from torch._dynamo.utils import counters
+
+    import sample as sample_py
 
     model = random_gpt(block_size=64)
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "model_00001.pt")
     torch._dynamo.reset()
     counters.clear()
     # the prompt's 8 tokens and 80 new ones: the window slides for the last 24
-    sample_py.main(["--checkpoint", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--top_k", "1", "--max_new_tokens", "80", "--compile"])
-    assert counters["stats"]["unique_graphs"] == 1  # every one-token step, at every position: static shapes, no recompile
+    sample_py.main(
+        [
+            "--checkpoint",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--top_k",
+            "1",
+            "--max_new_tokens",
+            "80",
+            "--compile",
+        ]
+    )
+    assert (
+        counters["stats"]["unique_graphs"] == 1
+    )  # every one-token step, at every position: static shapes, no recompile
 
     enc = tiktoken.get_encoding("gpt2")
     recomputed = generate(model, torch.tensor([enc.encode(PROMPT)]), 80, top_k=1, use_kv_cache=False)[0].tolist()

@@ -1,4 +1,5 @@
 """--run_name and --wandb: a named run gets its own log dir, and wandb (optional) records it offline."""
+
 import os
 import re
 import subprocess
@@ -6,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 
 SHORT = ["--eval_interval", "2", "--checkpoint_interval", "2"]  # after the tiny run's flags
 
@@ -23,7 +23,9 @@ def run(repo, tiny):
             f"sys.argv = ['train_gpt2.py', *{tiny + list(args)!r}]; runpy.run_path({str(repo / 'train_gpt2.py')!r}, run_name='__main__')"
         )
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+        )
 
     return run
 
@@ -46,7 +48,9 @@ def test_named_run_logs_to_log_slash_name_and_to_offline_wandb_across_a_resume(r
 
     resumed = run(tmp_path, *SHORT, *data, "--max_steps", "6", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert torch.load(log_dir / "model_00006.pt", weights_only=True)["wandb_run_id"] == run_id  # the same wandb run goes on
+    assert (
+        torch.load(log_dir / "model_00006.pt", weights_only=True)["wandb_run_id"] == run_id
+    )  # the same wandb run goes on
     assert len(list((log_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
@@ -59,7 +63,9 @@ def test_without_wandb_installed_only_the_flag_fails_in_one_line(run, snapshot_o
     before = snapshot_of(tmp_path)
     asked = run(tmp_path, *args, "--log_dir", "tracked", "--wandb", block_wandb=True)
     assert asked.returncode == 1 and "Traceback" not in asked.stderr
-    assert asked.stderr.strip().splitlines() == ["--wandb needs the wandb package: pip install wandb, or leave out --wandb"]
+    assert asked.stderr.strip().splitlines() == [
+        "--wandb needs the wandb package: pip install wandb, or leave out --wandb"
+    ]
     assert snapshot_of(tmp_path) == before and not (tmp_path / "tracked").exists()
 
 

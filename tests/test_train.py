@@ -1,4 +1,6 @@
 """train_gpt2.py: the model against transformers' GPT-2, the shard loader, and the training CLI end to end."""
+
+import ast
 import dataclasses
 import re
 import subprocess
@@ -8,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from train_gpt2 import GPT, DataLoaderLite, GPTConfig, InputError, TrainConfig, checkpoint_paths
+from checkpoint import checkpoint_paths
+from cli import InputError
+from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig
 
 STEP_LINE = re.compile(
     r"step (\d+) \| loss (\d+\.\d{6}) \| lr (\d\.\d{4}e[+-]\d\d) \| norm (\d+\.\d{4}) \| dt (\d+\.\d\d)ms \| tok/sec (\d+) \| mfu (n/a|\d+\.\d\d%)"
@@ -22,13 +26,31 @@ def test_import_does_nothing_but_define(repo, snapshot_of, tmp_path):
     code = (
         f"import sys; sys.path.insert(0, {str(repo)!r}); import train_gpt2, torch\n"
         "assert not torch.distributed.is_initialized()\n"
-        "print(sorted(m for m in ('transformers', 'tiktoken', 'datasets', 'hellaswag') if m in sys.modules))"
+        "print(sorted(m for m in ('transformers', 'tiktoken', 'datasets') if m in sys.modules))"
     )
     before = snapshot_of(repo / "log")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"  # heavy or side-effecting imports stay lazy
     assert list(tmp_path.iterdir()) == [] and snapshot_of(repo / "log") == before
+
+
+def test_imports_run_one_way(repo):
+    """No circle among the repository's modules at module level: a script's code that another script needs is
+    imported inside that script's main(), and train_gpt2.py never imports itself back."""
+    graph = {}
+    for path in repo.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
+        names |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+        graph[path.stem] = {name for name in names if (repo / f"{name}.py").exists()}
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, (*seen, m))) for m in graph[start])
+
+    assert [m for m in graph if reaches(m, m)] == []
+    assert "from train_gpt2 import main" not in (repo / "train_gpt2.py").read_text()
+    assert {"hellaswag", "sample", "plot", "checkpoint", "hardware"} <= graph["train_gpt2"]
 
 
 def test_gpt2_124m_has_124439808_parameters():
@@ -41,7 +63,9 @@ def test_from_pretrained_matches_transformers_logits(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4)).eval()  # no dropout
+    hf = GPT2LMHeadModel(
+        GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    ).eval()  # no dropout
     with torch.no_grad():  # HF initializes biases to 0 and LayerNorms to 1: randomize all so every copy is checked
         for p in hf.parameters():
             p.normal_(0.0, 0.1)
@@ -51,7 +75,7 @@ def test_from_pretrained_matches_transformers_logits(tmp_path):
 
     idx = torch.randint(0, 1000, (3, 64))
     with torch.no_grad():
-        logits, loss = model(idx, idx)
+        logits, _ = model(idx, idx)
         ref = hf(idx, labels=idx)
     torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=0)
     # HF shifts the labels itself; ours takes targets already shifted, so compare on the shifted view
@@ -91,7 +115,7 @@ def counting_shards(tmp_path):
     sizes = [1000, 37, 2500]
     tokens = np.arange(sum(sizes), dtype=np.uint16)
     ends = np.cumsum(sizes)
-    for i, (a, b) in enumerate(zip(ends - sizes, ends)):
+    for i, (a, b) in enumerate(zip(ends - sizes, ends, strict=True)):
         np.save(tmp_path / f"count_train_{i + 1:06d}.npy", tokens[a:b])
     return tmp_path, tokens.astype(np.int64)
 
@@ -102,7 +126,11 @@ def test_loader_reads_the_shards_end_to_end_without_skipping(counting_shards):
     for step in range(40):  # 6000 tokens: crosses both shard boundaries and wraps into epoch 2
         x, y = loader.next_batch()
         start = step * 150
-        expected = np.resize(tokens, start + 151)[start:] if start + 151 <= len(tokens) else np.concatenate([tokens] * 3)[start : start + 151]
+        expected = (
+            np.resize(tokens, start + 151)[start:]
+            if start + 151 <= len(tokens)
+            else np.concatenate([tokens] * 3)[start : start + 151]
+        )
         assert np.array_equal(x.flatten().numpy(), expected[:-1]) and np.array_equal(y.flatten().numpy(), expected[1:])
 
 
@@ -130,16 +158,30 @@ def test_loader_reshuffles_each_epoch_and_resumes_exactly(counting_shards):
     b = DataLoaderLite(folder, "train", B=4, T=64, shuffle=True, seed=3)
     b.load_state_dict(a.state_dict())
     for _ in range(20):
-        assert all(torch.equal(u, v) for u, v in zip(a.next_batch(), b.next_batch()))
+        assert all(torch.equal(u, v) for u, v in zip(a.next_batch(), b.next_batch(), strict=True))
 
 
 # --- training end to end -------------------------------------------------------
 
 
 def test_training_loss_falls_and_output_follows_design(train, log_of, tiny, shakespeare_shards, tmp_path):
-    proc = train(*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "10", "--checkpoint_interval", "10")
+    proc = train(
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--log_dir",
+        str(tmp_path),
+        "--max_steps",
+        "20",
+        "--eval_interval",
+        "10",
+        "--checkpoint_interval",
+        "10",
+    )
     assert proc.returncode == 0, proc.stderr
-    steps = [STEP_LINE.fullmatch(line) for line in proc.stdout.splitlines() if line.startswith("step ") and "val" not in line]
+    steps = [
+        STEP_LINE.fullmatch(line) for line in proc.stdout.splitlines() if line.startswith("step ") and "val" not in line
+    ]
     assert all(steps) and [int(m.group(1)) for m in steps] == list(range(20))
     losses = [float(m.group(2)) for m in steps]
     assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses  # from ~10.8 (uniform over 50k) to well below
@@ -160,7 +202,17 @@ def test_training_loss_falls_and_output_follows_design(train, log_of, tiny, shak
 
 
 def test_resume_reproduces_the_uninterrupted_run_bitwise(train, tiny, shakespeare_shards, tmp_path):
-    args = [*tiny, "--data_dir", str(shakespeare_shards), "--max_steps", "16", "--eval_interval", "4", "--checkpoint_interval", "6"]
+    args = [
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--max_steps",
+        "16",
+        "--eval_interval",
+        "4",
+        "--checkpoint_interval",
+        "6",
+    ]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert train(*args, "--log_dir", str(full)).returncode == 0
     # the interrupted run: its step-6 checkpoint, the log lines it wrote after it, and a line cut short
@@ -188,16 +240,38 @@ def test_resume_with_other_flags_says_which(train, tiny, shakespeare_shards, tmp
     assert "step 2 |" in proc.stdout and (tmp_path / "model_00003.pt").exists()
 
 
-def test_compiled_run_evaluates_scores_hellaswag_and_samples(train, run, log_of, tiny, shakespeare_shards, shared_data, tmp_path):
+def test_compiled_run_evaluates_scores_hellaswag_and_samples(
+    train, run, log_of, tiny, shakespeare_shards, shared_data, tmp_path
+):
     hella = ["--hellaswag_interval", "2", "--hellaswag_limit", "40", "--hellaswag_dir", str(shared_data / "hellaswag")]
-    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--total_batch_size", "256", "--max_steps", "2"]
+    args = [
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--log_dir",
+        str(tmp_path),
+        "--total_batch_size",
+        "256",
+        "--max_steps",
+        "2",
+    ]
     proc = train(*args, *hella, "--eval_interval", "1", "--sample_interval", "1", "--compile")
     assert proc.returncode == 0, proc.stderr
     assert "compile on" in proc.stdout and proc.stdout.count("sample ") == 4
     log = log_of(tmp_path)
     assert [s for s, kind in log if kind == "val"] == [0, 1, 2] and [s for s, kind in log if kind == "hella"] == [0, 2]
     # the in-training score of the final model equals hellaswag.py's on its checkpoint (uncompiled)
-    score = run("hellaswag.py", "--checkpoint", tmp_path, "--limit", "40", "--dtype", "float32", "--data_dir", shared_data / "hellaswag")
+    score = run(
+        "hellaswag.py",
+        "--checkpoint",
+        tmp_path,
+        "--limit",
+        "40",
+        "--dtype",
+        "float32",
+        "--data_dir",
+        shared_data / "hellaswag",
+    )
     assert score.returncode == 0, score.stderr
     assert score.stdout.strip().splitlines()[-1].endswith(f"acc_norm={log[2, 'hella']:.4f}")
 
@@ -212,8 +286,20 @@ def test_help_lists_every_flag_with_its_default(train):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(train, tiny, shakespeare_shards, tmp_path):
-    args = [*tiny, "--data_dir", str(shakespeare_shards), "--log_dir", str(tmp_path), "--max_steps", "30", "--warmup_steps", "0"]
-    proc = train(*args, "--max_lr", "1e9", "--eval_interval", "0", "--checkpoint_interval", "1")  # absurd: diverges at once
+    args = [
+        *tiny,
+        "--data_dir",
+        str(shakespeare_shards),
+        "--log_dir",
+        str(tmp_path),
+        "--max_steps",
+        "30",
+        "--warmup_steps",
+        "0",
+    ]
+    proc = train(
+        *args, "--max_lr", "1e9", "--eval_interval", "0", "--checkpoint_interval", "1"
+    )  # absurd: diverges at once
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.fullmatch(r"step (\d+): the loss is (nan|inf).*", proc.stderr.strip()), proc.stderr
     last = checkpoint_paths(tmp_path)[-1]

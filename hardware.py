@@ -1,0 +1,164 @@
+"""
+Where a run computes and in what precision: the device, autocast's dtype, torchrun's process group, the largest
+micro-batch that fits a GPU, torch.compile with its fallback, the peak FLOP/s that MFU divides by, and FSDP's
+sharding and whole copy of the weights. Every script's --device and --dtype end here; nothing here imports a script.
+"""
+
+import math
+import os
+
+import torch
+
+from cli import InputError, first_line
+
+
+def pick_device(name, local_rank=0):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else local_rank
+        if index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise InputError(f"--device {name}: this machine has {n} CUDA devices; use --device auto or cpu")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps: MPS is not available here; use --device auto or cpu")
+    return device
+
+
+def native_bf16(device):
+    # torch.cuda.is_bf16_supported() says True on pre-Ampere GPUs too, through emulation slower than their fp16
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    mkldnn = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and mkldnn
+
+
+def auto_dtype(device):
+    """(dtype name, why) for --dtype auto: bf16 where native, fp16 on CUDA 7.x's tensor cores, else float32."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        hardware = f"CUDA compute capability {major}.{minor}"
+    else:
+        major, hardware = None, "MPS" if device.type == "mps" else "this CPU"
+    if native_bf16(device):
+        return "bfloat16", f"auto: {hardware} has native bf16"
+    if major == 7:
+        return "float16", f"auto: {hardware} has fp16 tensor cores, no native bf16"
+    return "float32", f"auto: float32 on {hardware}"
+
+
+def make_autocast(dtype, device):
+    """(autocast context, torch dtype, why) for --dtype on device; a dtype the GPU has no tensor cores for is refused.
+    On CUDA, float32 matmuls may use TF32, as the published GPT-2 numbers were made."""
+    if dtype == "bfloat16" and device.type == "cuda" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(
+            f"--dtype bfloat16: this GPU (CUDA compute capability {major}.{minor}) has no bfloat16 tensor cores;"
+            " use --dtype float16 (or auto)"
+        )
+    dtype, why = auto_dtype(device) if dtype == "auto" else (dtype, f"--dtype {dtype}")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    dtype = getattr(torch, dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32), dtype, why
+
+
+# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
+GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device):
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
+
+
+def setup_distributed(device_name):
+    """(rank, local_rank, world_size, device): under torchrun (RANK, LOCAL_RANK, WORLD_SIZE set) in the process group."""
+    ddp = "RANK" in os.environ
+    rank, local_rank, world_size = (
+        (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    )
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if ddp:  # NCCL between GPUs, gloo between CPU processes
+        cuda = device.type == "cuda"
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return rank, local_rank, world_size, device
+
+
+def fit_batch_size(rows, fits):
+    """The micro-batch for `rows` sequences per optimizer step and process: the largest of 64 (build-nanogpt's), 32,
+    16 ... 1 that divides rows, so accumulation makes up the exact batch, and for which fits(B) is true; 0 if none
+    does. fits is an argument so that a CPU test can drive it."""
+    B = math.gcd(64, rows)
+    while B >= 1 and not fits(B):
+        B //= 2
+    return B
+
+
+def step_runs(model, B, T, device, autocast, errors, reserve=0):
+    """(True, None) if one forward and backward of B sequences raises none of `errors` on any rank, with `reserve`
+    bytes of memory held aside meanwhile, else (False, why): the same answer on every rank. Leaves no gradients."""
+    model.zero_grad(set_to_none=True)
+    why = None
+    try:
+        held = torch.empty(reserve, dtype=torch.uint8, device=device)  # noqa: F841  taken while the step runs
+        x = torch.zeros(B, T, dtype=torch.long, device=device)
+        with autocast:
+            model(x, x)[1].backward()
+    except errors as e:  # kept as a line of text: the exception's frames would hold on to the activations
+        why = first_line(getattr(e, "inner_exception", None) or e)
+    model.zero_grad(set_to_none=True)
+    ok = torch.tensor(float(why is None), device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)
+    return bool(ok), why or "on another process"
+
+
+def fit_to_memory(model, B, T, device, autocast, fsdp):
+    """The largest of B, B/2 ... 1 whose forward and backward fit in this GPU's memory beside what training adds
+    later: AdamW's two moments and DDP's buckets, three more copies of the weights (under FSDP of this rank's shards,
+    plus the whole gradients that accumulation keeps between micro-steps)."""
+    reserve = 3 * torch.cuda.memory_allocated(device) + (4 * model.num_params() if fsdp else 0)
+    fits = lambda b: step_runs(model, b, T, device, autocast, torch.OutOfMemoryError, reserve)[0]
+    return max(1, fit_batch_size(B, fits))
+
+
+def try_compile(model, B, T, device, autocast, log):
+    """torch.compile(model), tried on one step first: without Triton or a working C++ compiler the run goes on
+    eagerly, on every rank alike."""
+    compiled = torch.compile(model)
+    works, failure = step_runs(compiled, B, T, device, autocast, torch._dynamo.exc.BackendCompilerFailed)
+    if not works:
+        log(
+            f"torch.compile cannot compile here ({failure}): training without it, slower, with the same losses;"
+            " --no-compile skips the attempt"
+        )
+    return compiled if works else model
+
+
+def shard(model):
+    """FSDP2, in place: each Block, then the root (embeddings, ln_f, the tied lm_head), all-gathered in turn. bf16
+    stays autocast's, not FSDP's MixedPrecisionPolicy: DDP's numerics, so a run moves between the two through a
+    checkpoint."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in (*model.transformer.h, model):
+        fully_shard(module)
+
+
+def whole_copy(model, model_class):
+    """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain model_class."""
+    with torch.device("meta"):  # no memory, no random init: the weights come next
+        copy = model_class(model.config)
+    weights = {k: v.full_tensor() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    copy.load_state_dict(weights, strict=False, assign=True)
+    copy.lm_head.weight = copy.transformer.wte.weight  # tied, as in the model: gathered once
+    return copy
