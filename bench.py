@@ -38,6 +38,7 @@ from transformers import GPT2LMHeadModel
 
 import fineweb
 import hellaswag
+from bench_recipes import bench_recipes
 from cli import ArgumentParser, InputError, add_flags, check_at_least
 from export_hf import hf_config
 from hardware import make_autocast, peak_flops, pick_device
@@ -54,26 +55,36 @@ from train_gpt2 import (
 )
 
 # defaults of the flags left unset; the first tier that names a flag wins (--quick, then the device, then all)
-QUICK = dict(
-    model="micro",
-    n_layer=1,
-    batch_size=2,
-    seq_len=32,
-    compile=False,
-    repeats=2,
-    matmul_size=512,
-    generate_model="micro",
-    new_tokens=8,
-    hellaswag_n=8,
-    hellaswag_batch=4,
-    fineweb_docs=40,
-)
+QUICK = dict(model="micro", n_layer=1, batch_size=2, seq_len=32, compile=False, repeats=2, matmul_size=512)
+QUICK |= dict(generate_model="micro", new_tokens=8, hellaswag_n=8, hellaswag_batch=4, fineweb_docs=40)
+QUICK |= dict(recipe_steps=3, seeds=2)
 PER_DEVICE = {
     "cpu": dict(model="mini", batch_size=8, repeats=5, matmul_size=2048),  # about 3 minutes on 2 cores
     "cuda": dict(model="gpt2", batch_size=16, repeats=10, matmul_size=8192),  # B=16 fits any 40 GB GPU
 }
 ALL = dict(compile=True, generate_model="gpt2", new_tokens=256, hellaswag_n=100, hellaswag_batch=16, fineweb_docs=12000)
 PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of generating after it
+SHAKESPEARE = Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"  # fineweb.py downloads it
+
+# the flags, in --help's order: train_gpt2.py's that apply here, then bench.py's own (each int one at least 1)
+TRAIN_FLAGS = ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"]
+FLAGS = dict(
+    compile=dict(action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark"),
+    repeats=dict(type=int, help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)"),
+    matmul_size=dict(type=int, help="n of the n^3 matmul that measures the peak"),
+    generate_model=dict(choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark"),
+    new_tokens=dict(type=int, help="tokens to generate"),
+    hellaswag_n=dict(type=int, help="the first N HellaSwag val examples"),
+    hellaswag_batch=dict(type=int, help="examples per forward of the batched side"),
+    hellaswag_dir=dict(
+        default=str(hellaswag.DATA_DIR), help="folder holding hellaswag_val.jsonl, downloaded there if missing"
+    ),
+    fineweb_docs=dict(type=int, help="documents of ~1,300 tokens to tokenize"),
+    text=dict(default=str(SHAKESPEARE), help="text cut into those documents"),
+    num_proc=dict(type=int, default=os.cpu_count(), help="fineweb.py's --num_proc"),
+    recipe_steps=dict(type=int, default=200, help="optimizer steps of each recipes run (bench_recipes.py)"),
+    seeds=dict(type=int, default=3, help="seeds of each recipe at its best learning rate"),
+)
 
 # -----------------------------------------------------------------------------
 # timing and reporting
@@ -85,7 +96,7 @@ def sync(device):  # GPU kernels run asynchronously: a timer read before they fi
 
 
 def interleaved(runs, repeats, device, warmup=1):
-    """Median seconds of each run (name -> function), called alternately after warm-up calls; and what each returned last."""
+    """Median seconds of each run (name -> function), called in turn after warm-up; and what each returned last."""
     results, seconds = {}, {name: [] for name in runs}
     for name, run in runs.items():
         for _ in range(warmup):
@@ -101,7 +112,7 @@ def interleaved(runs, repeats, device, warmup=1):
 
 
 def compare(runs, repeats, device, amount, unit, warmup=1):
-    """interleaved as figures: `amount` per second of each run ({name}_{unit}_per_s), the first's over the second's (ratio)."""
+    """interleaved as rates, `amount` per second ({name}_{unit}_per_s), and the first's over the second's (ratio)."""
     seconds, results = interleaved(runs, repeats, device, warmup)
     figures = {f"{name}_{unit}_per_s": amount / s for name, s in seconds.items()}
     first, second = list(runs)[:2]
@@ -118,15 +129,23 @@ def report(row, ours, baseline, ratio, notes):  # one line of the table
     print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
 
 
+def report_rates(row, figures, unit, labels, notes):
+    """The line of compare's figures: the first two runs' rates, each with its label ({run: label}), and their ratio."""
+    per_s = {"tokens": "tok/s", "examples": "ex/s"}[unit]
+    ours, baseline = (si(figures[f"{run}_{unit}_per_s"], per_s) + label for run, label in labels.items())
+    report(row, ours, baseline, figures["ratio"], notes)
+
+
 def agreement(same, dtype, what):
-    # in float32 both sides must agree exactly; bf16 or fp16 rounds two shapes differently, so a near tie can go either way
-    return (
-        f"same {what}"
-        if same
-        else f"{what} differ ({str(dtype)[6:]} rounds the sides differently)"
-        if dtype != torch.float32
-        else f"WARNING: {what} differ"
-    )
+    if same:
+        return f"same {what}"
+    if dtype == torch.float32:  # both sides must then agree exactly
+        return f"WARNING: {what} differ"
+    return f"{what} differ ({str(dtype)[6:]} rounds the sides differently)"  # so a near tie can go either way
+
+
+def random_ids(shape, seed, device):  # from a generator of their own: the same ids whatever ran before
+    return torch.randint(GPT2_VOCAB_SIZE, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def eager_model(dims, args, device):
@@ -151,27 +170,20 @@ def matmul(n, device, dtype):  # an n x n x n matmul, 2 n^3 FLOPs: the device's 
 
 
 def bench_matmul(n, device, repeats):
-    seconds, _ = interleaved(
-        {"bf16": matmul(n, device, torch.bfloat16), "fp32": matmul(n, device, torch.float32)}, repeats, device, warmup=2
-    )
+    runs = {"bf16": matmul(n, device, torch.bfloat16), "fp32": matmul(n, device, torch.float32)}
+    seconds, _ = interleaved(runs, repeats, device, warmup=2)
     figures = {f"{name}_flops": 2 * n**3 / s for name, s in seconds.items()}
+    bf16, fp32 = figures["bf16_flops"], figures["fp32_flops"]
     report(
-        "matmul peak",
-        si(figures["bf16_flops"], "FLOP/s") + " (bf16)",
-        si(figures["fp32_flops"], "FLOP/s") + " (fp32)",
-        figures["bf16_flops"] / figures["fp32_flops"],
-        f"{n}^3, measured",
+        "matmul peak", si(bf16, "FLOP/s") + " (bf16)", si(fp32, "FLOP/s") + " (fp32)", bf16 / fp32, f"{n}^3, measured"
     )
     return figures
 
 
 def train_step(loss_fn, model, batches, autocast):
     """One optimizer step per call, on the next of the batches (cycled): a training step as train_gpt2.py takes it."""
-    batches, optimizer, params = (
-        itertools.cycle(batches),
-        GPT.configure_optimizers(model, 0.1, 6e-4, next(model.parameters()).device.type),
-        list(model.parameters()),
-    )
+    batches, params = itertools.cycle(batches), list(model.parameters())
+    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, params[0].device.type)
 
     def step():
         x, y = next(batches)
@@ -193,9 +205,7 @@ def bench_train(args, device, autocast, dtype):
     # transformers' GPT-2 of the same dims, eager, with the same attention kernel, optimizer groups and batches;
     # it gets our loss on its logits, as its own loss would shift the targets again
     hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
-    tokens = torch.randint(GPT2_VOCAB_SIZE, (4, B, T + 1), generator=torch.Generator().manual_seed(args.seed)).to(
-        device
-    )
+    tokens = random_ids((4, B, T + 1), args.seed, device)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
     runs = {
@@ -207,66 +217,42 @@ def bench_train(args, device, autocast, dtype):
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
     figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
     measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
-    datasheet_peak = (
-        peak_flops(device) if dtype != torch.float32 else None
-    )  # known for a few GPUs: their dense bf16 peak
+    datasheet_peak = peak_flops(device) if dtype != torch.float32 else None  # known for a few GPUs: dense bf16
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
-    figures.update(
-        flops_per_token=flops_per_token,
-        peak_flops=peak,
-        measured_peak_flops=measured_peak,
-        **{f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")},
-    )
+    figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak)
+    figures.update({f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
     source = f"{str(dtype)[6:]} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
-    report(
-        "train step",
-        si(figures["ours_tokens_per_s"], "tok/s"),
-        si(figures["hf_tokens_per_s"], "tok/s") + " (HF)",
-        figures["ratio"],
-        f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})",
-    )
+    notes = f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})"
+    report_rates("train step", figures, "tokens", {"ours": "", "hf": " (HF)"}, notes)
     return figures
 
 
 def bench_generate(args, device, autocast, dtype):
-    model = eager_model(
-        {**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device
-    )  # as sample.py is used
-    prompt = torch.randint(GPT2_VOCAB_SIZE, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(args.seed)).to(
-        device
-    )
+    # the padded vocabulary, as sample.py uses the model
+    model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)
+    prompt = random_ids((1, PROMPT_TOKENS), args.seed, device)
 
     def run(use_kv_cache, new_tokens):
-        generator = torch.Generator(device=device).manual_seed(
-            args.seed
-        )  # a fresh one per call: both paths sample alike
+        generator = torch.Generator(device=device).manual_seed(args.seed)  # one per call: both paths sample alike
         with autocast:
             return generate(model, prompt, new_tokens, top_k=1, generator=generator, use_kv_cache=use_kv_cache)
 
     for use_kv_cache in (True, False):
         run(use_kv_cache, 16)  # warm-up: the first forward of a shape sets its kernels up
     runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
-    figures, out = compare(
-        runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0
-    )  # half: many forwards each
+    # half the repeats: a run is many forwards
+    figures, out = compare(runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0)
     differ = (out["cache"] != out["no_cache"])[0, PROMPT_TOKENS:].nonzero()  # greedy: the same tokens, in float32
-    figures.update(
-        same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens
-    )  # before the first difference
-    report(
-        "generate",
-        si(figures["cache_tokens_per_s"], "tok/s") + " (KV cache)",
-        si(figures["no_cache_tokens_per_s"], "tok/s") + " (no cache)",
-        figures["ratio"],
-        f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
-        + agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)"),
-    )
+    figures.update(same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens)
+    notes = f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
+    notes += agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)")
+    report_rates("generate", figures, "tokens", {"cache": " (KV cache)", "no_cache": " (no cache)"}, notes)
     return figures
 
 
 @torch.no_grad()
 def reference_hellaswag(model, examples, block_size, device, autocast):
-    """(n, correct_norm) scored the usual way (build-nanogpt's): one example's 4 rows per forward, every position's logits."""
+    """(n, correct_norm) the usual way (build-nanogpt's): one example's 4 rows per forward, every position's logits."""
     correct_norm = 0
     for ctx, endings, label in examples:
         rows = [(ctx + ending)[-(block_size + 1) :] for ending in endings]
@@ -286,38 +272,28 @@ def reference_hellaswag(model, examples, block_size, device, autocast):
 def bench_hellaswag(args, device, autocast, dtype):
     model = eager_model(vars(args.model_config), args, device)
     examples, block_size = hellaswag.load_examples(args.hellaswag_dir, "val", args.hellaswag_n), model.config.block_size
-    evaluate = lambda batch_size, examples=examples: hellaswag.evaluate(
-        model, examples, block_size, device, autocast, batch_size
-    )[::2]
+
+    def evaluate(batch_size, examples=examples):  # (n, correct_norm), as reference_hellaswag counts them
+        return hellaswag.evaluate(model, examples, block_size, device, autocast, batch_size)[::2]
+
+    reference = lambda examples=examples: reference_hellaswag(model, examples, block_size, device, autocast)
     for batch_size in (args.hellaswag_batch, 1):  # warm-up, on one batch
         evaluate(batch_size, examples[: args.hellaswag_batch])
-    reference_hellaswag(model, examples[:2], block_size, device, autocast)
-    runs = {
-        "batched": lambda: evaluate(args.hellaswag_batch),
-        "reference": lambda: reference_hellaswag(model, examples, block_size, device, autocast),
-        "single": lambda: evaluate(1),
-    }
-    figures, counts = compare(
-        runs, (args.repeats + 1) // 2, device, len(examples), "examples", warmup=0
-    )  # (n, correct_norm) each
-    figures.update(
-        n=len(examples), **{f"{name}_acc_norm": correct_norm / n for name, (n, correct_norm) in counts.items()}
-    )  # random weights: a check
-    # neither batching nor scoring the ending tokens alone may change a prediction
+    reference(examples[:2])
+    runs = {"batched": lambda: evaluate(args.hellaswag_batch), "reference": reference, "single": lambda: evaluate(1)}
+    figures, counts = compare(runs, (args.repeats + 1) // 2, device, len(examples), "examples", warmup=0)
+    # random weights, so the accuracies are a check: neither batching nor scoring the ending tokens alone may change one
+    figures.update(n=len(examples), **{f"{name}_acc_norm": right / n for name, (n, right) in counts.items()})
     figures["same_counts"] = counts["batched"] == counts["single"] == counts["reference"]
-    report(
-        "hellaswag",
-        si(figures["batched_examples_per_s"], "ex/s") + f" ({args.hellaswag_batch}/forward)",
-        si(figures["reference_examples_per_s"], "ex/s") + " (1/forward, all logits)",
-        figures["ratio"],
-        f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; "
-        + agreement(figures["same_counts"], dtype, "counts"),
-    )
+    notes = f"{len(examples)} val examples; ours at 1/forward: {si(figures['single_examples_per_s'], 'ex/s')}; "
+    notes += agreement(figures["same_counts"], dtype, "counts")
+    labels = {"batched": f" ({args.hellaswag_batch}/forward)", "reference": " (1/forward, all logits)"}
+    report_rates("hellaswag", figures, "examples", labels, notes)
     return figures
 
 
 def shakespeare_documents(path, n_docs, seed):
-    """n_docs documents of ~4,000 characters (~1,300 tokens, FineWeb-Edu's mean): the text's paragraphs, shuffled and joined."""
+    """n_docs documents of ~4,000 characters (~1,300 tokens, FineWeb-Edu's mean): the text's paragraphs, shuffled."""
     if not Path(path).is_file():
         raise InputError(
             f"--text {path} does not exist: python fineweb.py --dataset tinyshakespeare downloads it, or name a text file"
@@ -360,29 +336,18 @@ def bench_fineweb(args, device, autocast, dtype):
                 p.join()
             assert all(p.exitcode == 0 for p in loops), "a tokenizer loop failed"
 
-        runs = {
-            "pool": pool,
-            "loop": loop,
-            **({"ceiling": ceiling} if "fork" in multiprocessing.get_all_start_methods() else {}),
-        }  # not on Windows
+        runs = {"pool": pool, "loop": loop}
+        if "fork" in multiprocessing.get_all_start_methods():  # not on Windows
+            runs["ceiling"] = ceiling
         n_tokens = loop()
         figures, tokens = compare(runs, args.repeats, device, n_tokens, "tokens")
     assert tokens["pool"] == n_tokens, f"fineweb.py wrote {tokens['pool']} tokens, the loop counted {n_tokens}"
     figures.update(tokens=n_tokens, documents=len(docs), num_proc=args.num_proc)
+    notes = f"{len(docs):,} documents, {n_tokens:,} tokens"
     if "ceiling" in runs:
         figures["ceiling_ratio"] = figures["ceiling_tokens_per_s"] / figures["loop_tokens_per_s"]
-    report(
-        "fineweb",
-        si(figures["pool_tokens_per_s"], "tok/s") + f" ({args.num_proc} proc)",
-        si(figures["loop_tokens_per_s"], "tok/s") + " (loop)",
-        figures["ratio"],
-        f"{len(docs):,} documents, {n_tokens:,} tokens"
-        + (
-            f"; {args.num_proc} loops side by side, the cores' ceiling: {figures['ceiling_ratio']:.2f}x"
-            if "ceiling" in runs
-            else ""
-        ),
-    )
+        notes += f"; {args.num_proc} loops side by side, the cores' ceiling: {figures['ceiling_ratio']:.2f}x"
+    report_rates("fineweb", figures, "tokens", {"pool": f" ({args.num_proc} proc)", "loop": " (loop)"}, notes)
     return figures
 
 
@@ -390,20 +355,20 @@ def bench_fineweb(args, device, autocast, dtype):
 # the command line
 
 
+def load_average():  # runnable processes over the last minute (not on Windows)
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def machine(device, load_at_start):
     """What the figures were measured on. Other processes on the cores slow every figure, CPU ones most: the load
-    average (runnable processes over the last minute) counts them at the start, and this run too at the end."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):  # Linux names the CPU model here; elsewhere the above will do
-        name = (
-            name
-            if device.type == "cuda"
-            else next(
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            )
-        )
+    average counts them at the start, and this run too at the end."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError, StopIteration):  # Linux names the CPU model here; elsewhere the above will do
+            cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+            name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     return {
         "device": str(device),
         "name": name,
@@ -413,7 +378,7 @@ def machine(device, load_at_start):
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_at_start": load_at_start,
-        "load_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_at_end": load_average(),
     }
 
 
@@ -422,47 +387,19 @@ def parse_args(argv=None):
     parser.add_argument(
         "--only",
         type=lambda names: names.split(","),
-        default=list(BENCHES),
-        help=f"comma-separated benchmarks to run (default: {','.join(BENCHES)})",
+        default=list(BENCHES)[:4],
+        help=f"comma-separated benchmarks to run, of {','.join(BENCHES)} (default: all but recipes)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given"
     )
-    add_flags(
-        parser,
-        TrainConfig,
-        ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"],
-    )  # train_gpt2.py's
-    parser.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)",
-    )
-    parser.add_argument("--matmul_size", type=int, help="n of the n^3 matmul that measures the peak")
-    parser.add_argument(
-        "--generate_model", choices=list(MODEL_PRESETS), help="architecture preset of the generate benchmark"
-    )
-    parser.add_argument("--new_tokens", type=int, help="tokens to generate")
-    parser.add_argument("--hellaswag_n", type=int, help="the first N HellaSwag val examples")
-    parser.add_argument("--hellaswag_batch", type=int, help="examples per forward of the batched side")
-    parser.add_argument(
-        "--hellaswag_dir",
-        default=str(hellaswag.DATA_DIR),
-        help="folder holding hellaswag_val.jsonl, downloaded there if missing",
-    )
-    parser.add_argument("--fineweb_docs", type=int, help="documents of ~1,300 tokens to tokenize")
-    parser.add_argument(
-        "--text",
-        default=str(Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"),
-        help="text cut into those documents",
-    )
-    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="fineweb.py's --num_proc")
+    add_flags(parser, TrainConfig, TRAIN_FLAGS)
+    for name, kwargs in FLAGS.items():
+        parser.add_argument(f"--{name}", **kwargs)
     # the tiers are the defaults: those of the device (and of --quick) that the first parse finds
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--device", default="auto"), first.add_argument("--quick", action="store_true")
+    first.add_argument("--device", default="auto")
+    first.add_argument("--quick", action="store_true")
     first, _ = first.parse_known_args(argv)
     on_gpu = first.device.startswith("cuda") or (first.device == "auto" and torch.cuda.is_available())
     parser.set_defaults(
@@ -471,25 +408,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if unknown := [name for name in args.only if name not in BENCHES]:
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
-    check_at_least(
-        parser,
-        args,
-        1,
-        [
-            "n_layer",
-            "n_head",
-            "n_embd",
-            "batch_size",
-            "seq_len",
-            "repeats",
-            "matmul_size",
-            "new_tokens",
-            "hellaswag_n",
-            "hellaswag_batch",
-            "fineweb_docs",
-            "num_proc",
-        ],
-    )
+    check_at_least(parser, args, 1, ["n_layer", "n_head", "n_embd", "batch_size", "seq_len"])
+    check_at_least(parser, args, 1, [name for name, kwargs in FLAGS.items() if kwargs.get("type") is int])
     args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
     args.seq_len = args.seq_len or args.model_config.block_size
     check_model_config(parser, args.model_config, args)
@@ -497,18 +417,20 @@ def parse_args(argv=None):
 
 
 BENCHES = {"train": bench_train, "generate": bench_generate, "hellaswag": bench_hellaswag, "fineweb": bench_fineweb}
+BENCHES["recipes"] = bench_recipes  # minutes to an hour: only when --only names it
 
 
 def main(argv=None):
-    t_start, load_at_start = time.perf_counter(), os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    t_start, load_at_start = time.perf_counter(), load_average()
     args = parse_args(argv)
     c = args.model_config
     try:
         device = pick_device(args.device)
         autocast, dtype, _ = make_autocast(args.dtype, device)
         print(
-            f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, T={args.seq_len}, "
-            f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n"
+            f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, "
+            f"T={args.seq_len}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, "
+            f"compile {'on' if args.compile else 'off'}, {device}, {args.repeats} timed runs per side\n"
         )
         report("benchmark", "ours", "baseline", None, "notes")
         results = {"peak": bench_matmul(args.matmul_size, device, args.repeats)}
@@ -516,23 +438,15 @@ def main(argv=None):
     except InputError as e:
         raise SystemExit(str(e))
     info = machine(device, load_at_start)
-    load = (
-        f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end"
-        if load_at_start is not None
-        else ""
-    )
+    load = ""
+    if load_at_start is not None:
+        load = f", load average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end"
     print(
-        f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, torch {info['torch']}, {info['date']}"
+        f"\n{info['name']} ({device}), {info['cores']} cores ({info['torch_threads']} torch threads){load}, "
+        f"torch {info['torch']}, {info['date']}"
     )
-    config = {
-        "model": args.model,
-        **vars(c),
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "dtype": str(dtype)[6:],
-        "compile": args.compile,
-        "repeats": args.repeats,
-    }
+    config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len}
+    config |= {"dtype": str(dtype)[6:], "compile": args.compile, "repeats": args.repeats}
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
 
 

@@ -8,6 +8,10 @@ Nothing here imports a script: train_gpt2.py, sample.py and hellaswag.py read ch
 import dataclasses
 import os
 import re
+import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 import torch
@@ -19,18 +23,46 @@ RESUMABLE = {"model", "config", "step", "val_loss", "optimizer", "train_loader",
 
 def checkpoint_paths(log_dir):
     """Complete checkpoints in log_dir, oldest first (temporary files never match)."""
-    steps = {p: re.fullmatch(r"model_(\d+)\.pt", p.name) for p in Path(log_dir).glob("model_*.pt")}
-    return sorted((p for p, m in steps.items() if m), key=lambda p: int(steps[p].group(1)))
+    return sorted(
+        (p for p in Path(log_dir).glob("model_*.pt") if re.fullmatch(r"model_\d+\.pt", p.name)), key=checkpoint_step
+    )
+
+
+def checkpoint_step(path):
+    return int(path.stem.split("_")[1])
 
 
 def save_checkpoint(path, state):
-    # write beside the final name, then rename: a crash mid-write never leaves a half file under it
+    """Write beside the final name, then rename: a crash mid-write never leaves a half file under it. Durable on
+    return (the file and the folder's entry synced), so an older checkpoint may then be deleted. A write that fails
+    (a full disk, a quota, a permission) removes its temporary file and raises InputError naming what it needed."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        os.fsync(folder)
+        os.close(folder)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise InputError(
+            f"cannot write checkpoint {path} ({getattr(e, 'strerror', None) or 'the write failed'}): it needs about"
+            f" {tensor_bytes(state):,} bytes, {free:,} are free; free some space or choose another --log_dir"
+            " (the older checkpoints and log.txt are intact)"
+        )
+
+
+def tensor_bytes(state):
+    """The bytes of the tensors in a (nested) checkpoint dict: about its size on disk."""
+    if isinstance(state, dict):
+        return sum(map(tensor_bytes, state.values()))
+    if isinstance(state, list | tuple):
+        return sum(map(tensor_bytes, state))
+    return state.nbytes if isinstance(state, torch.Tensor) else 0
 
 
 def load_checkpoint(path, device="cpu"):
@@ -41,6 +73,22 @@ def load_checkpoint(path, device="cpu"):
         raise InputError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): it is damaged or not a checkpoint")
 
 
+def load_weights(path, device="cpu"):
+    """(path, checkpoint) of a model_*.pt file, or of a log dir's newest; refused unless it holds a model and config."""
+    path = Path(path)
+    if path.is_dir():
+        found = checkpoint_paths(path)
+        if not found:
+            raise InputError(f"no checkpoint (model_*.pt) in {path}: train one first, or name a checkpoint file")
+        path = found[-1]
+    elif not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    checkpoint = load_checkpoint(path, device)
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+        raise InputError(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
+    return path, checkpoint
+
+
 def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run, keep=True):
     """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes. The
     state dicts are a single process's, whether or not FSDP sharded the model: every rank calls this, only rank 0
@@ -49,8 +97,10 @@ def training_state(step, val_loss, model, optimizer, scaler, train_loader, devic
     def full(t):  # an FSDP shard (a DTensor) gathered tensor by tensor: an all-gather, which every rank joins
         return t.full_tensor().to("cpu" if keep else "meta") if hasattr(t, "full_tensor") else t
 
-    model_state = {k: full(v) for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    model_state["lm_head.weight"] = model_state["transformer.wte.weight"]  # tied to wte: one tensor, saved once
+    tied = model.config.tied_head
+    model_state = {k: full(v) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    if tied:  # one tensor with wte: gathered and saved once
+        model_state["lm_head.weight"] = model_state["transformer.wte.weight"]
     optimizer_state = optimizer.state_dict()
     optimizer_state["state"] = {i: {k: full(v) for k, v in s.items()} for i, s in optimizer_state["state"].items()}
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
@@ -92,7 +142,10 @@ def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loa
         optimizer.load_state_dict({**checkpoint["optimizer"], "state": state})
     except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
         why = first_line(e)
-        raise InputError(f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({why})")
+        raise InputError(
+            f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({why}); resume with"
+            " the flags it was trained with (its --recipe, --muon_lr)"
+        )
     if scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
         scaler.load_state_dict(checkpoint["scaler"])
     train_loader.load_state_dict(checkpoint["train_loader"])
@@ -141,3 +194,115 @@ def checkpoint_to_resume(log_dir, resume, check, log):
     if resume:
         log(f"no checkpoint in {log_dir} to resume from: starting a new run")
     return None, None
+
+
+# -----------------------------------------------------------------------------
+# long runs: one run per log dir, checkpoints every few minutes and on a signal, bounded disk use
+def lock_log_dir(log_dir):
+    """Create log_dir and hold it for this run: an flock on <log_dir>/train.lock, which the operating system
+    releases when the process ends however it ends (kill -9 leaves no stale lock). A second run is refused, naming
+    the first. Keep the returned file open for as long as the run lasts."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(log_dir / "train.lock", "a+")  # noqa: SIM115  held open until the process ends
+    except OSError as e:  # no permission, or under a read-only path such as /proc
+        why = e.strerror or e
+        raise InputError(f"--log_dir {log_dir} cannot be created ({why}): choose a --log_dir you can write to")
+    try:
+        import fcntl  # POSIX; on Windows nothing stops two runs on one folder
+    except ImportError:
+        return lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise InputError(f"--log_dir {log_dir} is in use by {holder}: wait for it to end, or choose another --log_dir")
+    lock.truncate(0)
+    lock.write(f"train_gpt2.py (pid {os.getpid()} on {socket.gethostname()})\n")
+    lock.flush()
+    return lock
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving the checkpoint at `path`; main exits with 128 + the signal's number."""
+
+    def __init__(self, signum, step, path):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at step {step}: saved {path}; --resume continues exactly")
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGTERM (spot preemption, docker stop, SLURM's scancel, torchrun stopping its workers) and SIGINT (Ctrl-C) ask
+    training to stop after the step under way, with a checkpoint. A second Ctrl-C ends the process at once. Installed
+    by a script's main(), the handlers only set a flag: train() decides when to act on it."""
+
+    def __init__(self):
+        self.signum = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame):
+        # only a second SIGINT: under torchrun a Ctrl-C reaches each worker once from the terminal and once more, as
+        # SIGTERM, from torchrun itself
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = self.signum or signum
+
+
+class CheckpointPolicy:
+    """When a run saves beyond every --checkpoint_interval steps, and which checkpoints it keeps. Time-based ones
+    (every --checkpoint_minutes) and a signal's each last only until the next checkpoint is on disk; of the others (at
+    interval multiples and the end) the newest --keep_checkpoints stay. Any rank's clock or signal decides, for every
+    rank alike."""
+
+    def __init__(self, cfg, signals, master, device, resumed_from=None):
+        self.cfg, self.signals, self.master, self.device = cfg, signals, master, device
+        self.saved_at = time.monotonic()
+        # the time-based or signal checkpoint not yet superseded: this run's, or the one it resumed from
+        self.rolling = resumed_from
+
+    def kept(self, step):
+        return step == self.cfg.max_steps or (self.cfg.checkpoint_interval and step % self.cfg.checkpoint_interval == 0)
+
+    def poll(self, step):
+        """(signal number or 0, whether a time-based checkpoint of the state after `step` steps is due), agreed by
+        every rank (a collective under torchrun: the signal may have reached only some of them)."""
+        minutes = self.cfg.checkpoint_minutes
+        timed = bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes and not self.kept(step)
+        flags = torch.tensor([self.signals.signum if self.signals else 0, timed], device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
+        return int(flags[0]), bool(flags[1])
+
+    def save(self, step, state):
+        """Rank 0 writes the checkpoint of `step`, then deletes what the policy no longer keeps; a failed write ends
+        the run on every rank (the others would wait for rank 0 forever). Its path."""
+        path, error = Path(self.cfg.log_dir) / f"model_{step:05d}.pt", None
+        if self.master:
+            try:
+                save_checkpoint(path, state)
+                self.prune(path)
+            except InputError as e:
+                error = e
+        failed = torch.tensor(int(error is not None), device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(failed, torch.distributed.ReduceOp.MAX)
+        if failed:
+            raise error or InputError(f"rank 0 could not write {path}: see its message")
+        self.saved_at = time.monotonic()
+        return path
+
+    def prune(self, newest):
+        """Delete the time-based checkpoint that `newest` supersedes, and the interval ones past the newest
+        --keep_checkpoints; none other (those of another --checkpoint_interval stay)."""
+        paths = [p for p in checkpoint_paths(newest.parent) if p != newest]
+        doomed = [p for p in paths if p == self.rolling]
+        if self.cfg.keep_checkpoints and self.kept(checkpoint_step(newest)):
+            kept = [p for p in paths if self.kept(checkpoint_step(p))]
+            doomed += kept[: max(0, len(kept) + 1 - self.cfg.keep_checkpoints)]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        self.rolling = None if self.kept(checkpoint_step(newest)) else newest

@@ -7,6 +7,7 @@ No torch here: fineweb.py's tokenizer processes import it too, and must stay lig
 
 import argparse
 import dataclasses
+import math
 import re
 import typing
 
@@ -57,8 +58,16 @@ def add_flags(parser, config_class, names=None):
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs.setdefault("type", kind)
+                kwargs.setdefault("type", finite if kind is float else kind)
             parser.add_argument(f"--{f.name}", default=f.default, **kwargs)
+
+
+def finite(value):
+    """argparse type of float flags: nan and inf are no learning rate, clip or interval."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
 
 
 def check_at_least(parser, args, minimum, names):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cli import ArgumentParser, InputError
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
-from train_gpt2 import GPT, HF_TRANSPOSED
+from train_gpt2 import GPT, HF_TRANSPOSED, SWITCHES, GPTConfig
 
 
 def hf_config(config, vocab_size=None, **kwargs):
@@ -73,11 +73,31 @@ def gpt2_tokenizer_files(enc):
 def export_hf(model, out_dir):
     """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2: the inverse of
     GPT.from_pretrained. It is written beside out_dir and renamed, so an interrupted export leaves nothing."""
+    if beyond := [k for k in SWITCHES if getattr(model.config, k) != getattr(GPTConfig(), k)]:
+        raise InputError(
+            f"this model has {', '.join(beyond)} beyond GPT-2's architecture, which transformers' GPT-2 cannot hold:"
+            " sample.py and hellaswag.py --checkpoint read it as it is"
+        )
     out_dir = Path(out_dir).resolve()  # "." has no name to put the temporary folder beside
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir} already exists and is not empty: choose a new folder for the export")
     files = gpt2_tokenizer_files(gpt2_tokenizer())  # before anything is written: offline, the tokenizer may be missing
-    from transformers import GPT2LMHeadModel
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an export that was interrupted
+    try:
+        tmp.mkdir(parents=True)  # before the work: a folder that cannot be made is refused first
+        hf_model(model).save_pretrained(tmp)
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        os.replace(tmp, out_dir)  # over an empty folder too
+    except OSError as e:  # no permission, a read-only path such as /proc, or a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{out_dir} cannot be written ({e.strerror or e}): choose a folder you can write to")
+
+
+def hf_model(model):
+    """transformers' GPT2LMHeadModel holding our weights, without the padded vocabulary rows."""
+    from transformers import GPT2LMHeadModel  # slow to import (seconds): only once the inputs are known to be good
 
     n_vocab = min(model.config.vocab_size, GPT2_VOCAB_SIZE)
     hf = GPT2LMHeadModel(hf_config(model.config, vocab_size=n_vocab))
@@ -88,12 +108,7 @@ def export_hf(model, out_dir):
     state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an export that was interrupted
-    hf.save_pretrained(tmp)
-    for name, text in files.items():
-        (tmp / name).write_text(text)
-    os.replace(tmp, out_dir)  # over an empty folder too
+    return hf
 
 
 def main(argv=None):

@@ -103,6 +103,20 @@ def fit_batch_size(rows, fits):
     return B
 
 
+def micro_batch_size(cfg, saved_batch_size, world_size):
+    """B, before the model is built: as given; on a resume, the run's own; else the largest of 64, 32 ... that
+    divides the step's sequences (on a GPU then halved until a step fits: fit_to_memory)."""
+    T = cfg.seq_len
+    rows = cfg.total_batch_size // (T * world_size)
+    B = cfg.batch_size or saved_batch_size or fit_batch_size(rows, lambda b: True)
+    if cfg.total_batch_size % (B * T * world_size):
+        raise InputError(
+            f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes ="
+            f" {B} x {T} x {world_size} = {B * T * world_size}; change one of them"
+        )
+    return B
+
+
 def step_runs(model, B, T, device, autocast, errors, reserve=0):
     """(True, None) if one forward and backward of B sequences raises none of `errors` on any rank, with `reserve`
     bytes of memory held aside meanwhile, else (False, why): the same answer on every rank. Leaves no gradients."""
@@ -158,7 +172,9 @@ def whole_copy(model, model_class):
     """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain model_class."""
     with torch.device("meta"):  # no memory, no random init: the weights come next
         copy = model_class(model.config)
-    weights = {k: v.full_tensor() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    copy.load_state_dict(weights, strict=False, assign=True)
-    copy.lm_head.weight = copy.transformer.wte.weight  # tied, as in the model: gathered once
+    tied = model.config.tied_head
+    weights = {k: v.full_tensor() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    copy.load_state_dict(weights, strict=not tied, assign=True)
+    if tied:  # as in the model: gathered once
+        copy.lm_head.weight = copy.transformer.wte.weight
     return copy

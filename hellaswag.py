@@ -168,7 +168,7 @@ def choose(model, batch, block_size, device, autocast):
                 F.cross_entropy(logits.float(), t, reduction="none")
                 for start in range(0, len(hidden), LM_HEAD_ROWS)
                 for logits, t in zip(
-                    model.lm_head(hidden[start : start + LM_HEAD_ROWS]).split(loss_rows),
+                    model.logits(hidden[start : start + LM_HEAD_ROWS]).split(loss_rows),
                     scored_targets[start : start + LM_HEAD_ROWS].split(loss_rows),
                     strict=True,
                 )
@@ -181,7 +181,7 @@ def choose(model, batch, block_size, device, autocast):
 
 def predict(model, examples, block_size, device, autocast, batch_size, rank=0, world_size=1, progress=False):
     """The acc and acc_norm choices (ending indices) for examples[rank::world_size], batch_size examples
-    (4 * batch_size rows) per forward. model is our GPT (or HFModel): scoring uses its hidden_states and lm_head."""
+    (4 * batch_size rows) per forward. model is our GPT (or HFModel): scoring uses its hidden_states and logits."""
     mine = examples[rank::world_size]
     # longest first, so that each forward pads its rows to about the same length, and the first one shows
     # the peak memory
@@ -217,7 +217,7 @@ class HFModel(torch.nn.Module):
 
     def __init__(self, hf):
         super().__init__()
-        self.hf, self.lm_head = hf, hf.lm_head
+        self.hf, self.logits = hf, hf.lm_head
 
     def hidden_states(self, idx):
         return self.hf.transformer(idx, use_cache=False).last_hidden_state  # after the final LayerNorm, as ours

@@ -10,6 +10,9 @@ optional (pip install matplotlib): without it training only prints a notice once
 
 import dataclasses
 import os
+import time
+from collections import deque
+from datetime import timedelta
 from pathlib import Path
 
 from cli import ArgumentParser, InputError
@@ -93,12 +96,23 @@ def plot_run(log_dir):
 
 
 def import_wandb():
+    """wandb, for --wandb, once it is known to be installed and logged in (or offline): checked before the run
+    writes anything, as wandb.init would otherwise fail with a traceback after log.txt was made."""
     try:
         import wandb  # only with --wandb: it is optional and slow to import
-
-        return wandb
     except ImportError:
         raise InputError("--wandb needs the wandb package: pip install wandb, or leave out --wandb")
+    offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
+    if not offline and not wandb.login(prompt=False, verify=False):  # reads the key; asks nothing, sends nothing
+        raise InputError(
+            "--wandb: not logged in to Weights & Biases: run `wandb login` once (or set WANDB_API_KEY),"
+            " or set WANDB_MODE=offline to log to files only"
+        )
+    return wandb
+
+
+def hours(seconds):
+    return str(timedelta(seconds=round(seconds)))  # 1:02:03, or 2 days, 1:02:03
 
 
 class RunLog:
@@ -108,26 +122,24 @@ class RunLog:
 
     def __init__(self, log_dir, checkpoint, cfg, wandb=None):
         self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
+        self.started, self.step_ends = time.perf_counter(), deque(maxlen=21)  # the recent steps' ends, for pace()
         if log_dir is None:
             return
         resumed_step = checkpoint["step"] if checkpoint is not None else None
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # no permission, or under a read-only path such as /proc
-            raise InputError(
-                f"--log_dir {log_dir} cannot be created ({e.strerror or e}): choose a --log_dir you can write to"
-            )
         self.path = log_dir / "log.txt"
         if resumed_step is None:
             self.path.write_text("")
-        elif self.path.exists():  # back to the checkpoint: its own val line stays; later lines, and one cut off, go
+        elif self.path.exists():
+            # back to the checkpoint: later lines, and one cut off, go; its own evaluations stay, unless they ran after
+            # it was saved (a signal's or a time-based checkpoint is written first), as the resume runs them again
+            evaluated = checkpoint.get("evaluated", True)
             lines = [
-                line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")
+                line.split() + [line] for line in self.path.read_text().splitlines(keepends=True) if line[-1:] == "\n"
             ]
             kept = [
                 line
                 for step, kind, *_, line in lines
-                if int(step) < resumed_step or (int(step) == resumed_step and kind != "train")
+                if int(step) < resumed_step or (int(step) == resumed_step and kind != "train" and evaluated)
             ]
             tmp = self.path.with_name("log.txt.tmp")
             tmp.write_text("".join(kept))
@@ -153,6 +165,28 @@ class RunLog:
         except ImportError:
             print("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
+    def step(self, step, cfg, loss, lr, norm, dt, mfu, extra=""):
+        """An optimizer step: the step line (its fields, then how long the run has taken and has left), log.txt's
+        train line, and the step's metrics for wandb."""
+        elapsed, eta = self.pace(step, cfg.max_steps)
+        tok_per_sec = cfg.total_batch_size / dt
+        if self.path is not None:
+            speed = f"tok/sec {tok_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}"
+            clock = f"elapsed {hours(elapsed)} | eta {'n/a' if eta is None else hours(eta)}"
+            line = f"step {step} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms"
+            print(f"{line} | {speed} | {clock}{extra}")
+        self.event(step, "train", loss)
+        self.metrics(step, lr=lr, norm=norm, tok_per_sec=tok_per_sec, **({"mfu": mfu} if mfu else {}))
+
+    def pace(self, step, max_steps):
+        """(seconds since training began in this process, an estimate of the seconds left to max_steps or None):
+        the mean of the last 20 steps, evaluations included, the first (which compiles) left out."""
+        now, ends = time.perf_counter(), self.step_ends
+        ends.append(now)
+        eta = (ends[-1] - ends[0]) / (len(ends) - 1) * (max_steps - step - 1) if len(ends) > 1 else None
+        self.metrics(step, elapsed_s=now - self.started, **({"eta_s": eta} if eta is not None else {}))
+        return now - self.started, eta
+
     def event(self, step, kind, value):
         if self.path is None:
             return
@@ -166,6 +200,10 @@ class RunLog:
     def metrics(self, step, **values):
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
+
+    def finish(self):
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
 
     def plot(self):
         if self.plot_run is not None:

@@ -58,7 +58,7 @@ def next_logits(model, idx, kv_cache=None):
     """The scores (B, GPT2_VOCAB_SIZE), float32, of the token after each row of idx (B, T): the LM head at the last
     position only, the others' logits would be thrown away."""
     hidden = model.hidden_states(idx, kv_cache=kv_cache)
-    return model.lm_head(hidden[:, -1, :])[:, :GPT2_VOCAB_SIZE].float()
+    return model.logits(hidden[:, -1, :])[:, :GPT2_VOCAB_SIZE].float()
 
 
 @torch.no_grad()

@@ -27,19 +27,22 @@ from torch.nn import functional as F
 
 import hellaswag
 from checkpoint import (
+    CheckpointPolicy,
+    Interrupted,
+    StopSignals,
     checkpoint_paths,
     checkpoint_to_resume,
-    load_checkpoint,
+    load_weights,
+    lock_log_dir,
     restore_training_state,
-    save_checkpoint,
     saved_args,
     training_state,
 )
 from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, add_flags, check_at_least, first_line, flag
 from hardware import (
-    fit_batch_size,
     fit_to_memory,
     make_autocast,
+    micro_batch_size,
     peak_flops,
     setup_distributed,
     shard,
@@ -60,11 +63,20 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 # the model
 @dataclass
 class GPTConfig:
-    block_size: int = 1024  # longest context, in tokens (learned position embeddings)
+    block_size: int = 1024  # longest context, in tokens
     vocab_size: int = GPT2_VOCAB_SIZE  # rows of wte / lm_head; training pads it to PADDED_VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    # beyond GPT-2: --recipe modern turns these on (the ones since modded-nanogpt's speedruns); each is also a flag
+    rope: bool = False  # rotary position embeddings (Su et al. 2021) instead of learned ones (wpe)
+    qk_norm: bool = False  # queries and keys RMS-normalized before attention (Dehghani et al. 2023)
+    relu2: bool = False  # ReLU² in the MLP (So et al. 2021, Primer) instead of GELU
+    rmsnorm: bool = False  # RMSNorm without a gain (Zhang & Sennrich 2019) instead of LayerNorm
+    bias: bool = True  # biases in the linear layers and LayerNorms
+    tied_head: bool = True  # lm_head shares wte's weights (Press & Wolf 2017)
+    zero_init: bool = False  # the residual projections and an untied lm_head start at zero
+    logit_softcap: float = 0.0  # logits squashed to (-cap, cap) by cap·tanh(logits / cap) (Gemma 2); 0: off
 
 
 # architecture presets: OpenAI's four GPT-2 sizes, plus small ones that train in minutes on a laptop CPU
@@ -78,21 +90,44 @@ MODEL_PRESETS = {
 }
 
 
+def layer_norm(config):
+    if config.rmsnorm:
+        return nn.RMSNorm(config.n_embd, elementwise_affine=False)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rotary(pos, head_size, base=10000.0):
+    """cos and sin (T, head_size) of rotary embeddings: pair (i, i + head_size/2) of each query and key turns by the
+    angle pos·base^(-2i/head_size), so that their dot product depends on the distance between them alone."""
+    inv_freq = base ** -(torch.arange(0, head_size, 2, device=pos.device, dtype=torch.float32) / head_size)
+    angles = pos.float()[:, None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         # query, key and value projections in one matmul, as in the GPT-2 checkpoint (c_attn)
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_head, self.n_embd, self.qk_norm = config.n_head, config.n_embd, config.qk_norm
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, rotary=None, kv_cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:  # unit-RMS queries and keys: the attention logits cannot grow without bound
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         mask = None
         if kv_cache is not None:  # generation (sample.py): every cached key and value, and which each query sees
             k, v, mask = kv_cache.update(k, v)
@@ -104,26 +139,27 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 was trained with the tanh approximation
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 was trained with GELU's tanh approximation; ReLU² is as good for less (Primer)
+        self.activation = (lambda x: F.relu(x).square()) if config.relu2 else nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True
 
     def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        return self.c_proj(self.activation(self.c_fc(x)))
 
 
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = layer_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = layer_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, rotary=None, kv_cache=None):
         # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual stream
-        x = x + self.attn(self.ln_1(x), kv_cache)
+        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -134,13 +170,14 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **({} if config.rope else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd),
+                ln_f=layer_norm(config),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2 (Press & Wolf 2017)
+        if config.tied_head:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2 (Press & Wolf 2017)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -152,23 +189,38 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
+            # zero_init: each block starts as the identity, and the untied head predicts uniformly (modded-nanogpt)
+            untied_head = module is self.lm_head and not self.config.tied_head
+            if self.config.zero_init and (hasattr(module, "RESIDUAL_SCALE_INIT") or untied_head):
+                torch.nn.init.zeros_(module.weight)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None):
-        """The final LayerNorm's output (B, T, n_embd), which lm_head turns into logits: scorers (hellaswag.py) and
-        generation (sample.py) apply lm_head only where they need logits, its 50304 columns being most of the cost."""
+        """The final LayerNorm's output (B, T, n_embd), which logits() turns into logits: scorers (hellaswag.py) and
+        generation (sample.py) compute logits only where they need them, the head's 50304 columns being most of
+        the cost."""
         T = idx.size(1)
         assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
         # generation's cache holds where its tokens go in a tensor: a compiled decode step then reads no changing int
         pos = kv_cache[0].positions(T) if kv_cache else torch.arange(T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x, angles = self.transformer.wte(idx), None
+        if self.config.rope:
+            angles = rotary(pos, self.config.n_embd // self.config.n_head)
+        else:
+            x = x + self.transformer.wpe(pos)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache[i] if kv_cache else None)
+            x = block(x, angles, kv_cache[i] if kv_cache else None)
         return self.transformer.ln_f(x)
 
+    def logits(self, hidden):
+        logits = self.lm_head(hidden)
+        if cap := self.config.logit_softcap:  # in float32: tanh flattens close values that bf16 would round
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
     def forward(self, idx, targets=None, kv_cache=None):
-        logits = self.lm_head(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
+        logits = self.logits(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -178,9 +230,12 @@ class GPT(nn.Module):
         return logits, loss
 
     def num_params(self, non_embedding=False):
-        """Parameters, the tied wte/lm_head counted once; non_embedding also leaves out wpe."""
+        """Parameters, a tied wte/lm_head counted once; non_embedding leaves out the lookup tables (wpe, and an
+        untied wte), which cost no FLOPs."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        tables = [] if self.config.tied_head else [self.transformer.wte]
+        tables += [self.transformer.wpe] if "wpe" in self.transformer else []
+        return n - sum(t.weight.numel() for t in tables) if non_embedding else n
 
     def flops_per_token(self, T):
         """Training FLOPs per token (PaLM paper, appendix B): 6 per weight plus attention's 12·L·H·Q·T."""
@@ -227,17 +282,7 @@ class GPT(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
         """Our GPT from a training checkpoint: a model_*.pt file, or a log dir (its newest checkpoint)."""
-        path = Path(path)
-        if path.is_dir():
-            found = checkpoint_paths(path)
-            if not found:
-                raise InputError(f"no checkpoint (model_*.pt) in {path}: train one first, or name a checkpoint file")
-            path = found[-1]
-        elif not path.is_file():
-            raise InputError(f"checkpoint {path} does not exist")
-        checkpoint = load_checkpoint(path, device)
-        if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-            raise InputError(f"{path} is not a train_gpt2.py checkpoint (it has no model and config)")
+        path, checkpoint = load_weights(path, device)
         try:  # a config GPTConfig does not know, or weights of other names or shapes: written by something else
             model = cls(GPTConfig(**checkpoint["config"])).to(device)
             model.load_state_dict(checkpoint["model"])
@@ -246,15 +291,67 @@ class GPT(nn.Module):
             raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({why})")
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, device_type):
-        # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
+    def configure_optimizers(self, weight_decay, learning_rate, device_type, muon_lr=None, embed_lr=None):
+        """AdamW (GPT-2's recipe); with muon_lr, Muon for the blocks' matrices and AdamW for the rest, embed_lr
+        (default learning_rate) that of the embeddings. Each group's "lr" is its peak, which the schedule scales."""
         params = [p for p in self.parameters() if p.requires_grad]
+        matrices = [p for p in self.transformer.h.parameters() if p.dim() == 2] if muon_lr else []
+        embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+        tables = [p for p in embeddings if p is not self.lm_head.weight] if muon_lr else []  # a tied one: the head's
+        rest = [p for p in params if all(p is not q for q in matrices + tables)]
+        # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ]
+        if muon_lr:
+            groups.append({"params": tables, "weight_decay": weight_decay, "lr": embed_lr or learning_rate})
         fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+        groups = [group for group in groups if group["params"]]
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+        if not muon_lr:
+            return adamw
+        # Muon steps each hidden matrix along its momentum orthogonalized (Jordan et al. 2024, torch's defaults:
+        # momentum 0.95, Nesterov, 5 Newton-Schulz iterations); an embedding's rows are lookups, not a matrix
+        return MuonAdamW(torch.optim.Muon(matrices, lr=muon_lr, weight_decay=0.0), adamw)
+
+
+class MuonAdamW:
+    """Muon and AdamW as one optimizer to the training loop, the gradient scaler and the checkpoint: their
+    param_groups (Muon's first), zero_grad and step, and one state dict numbered as a single optimizer's."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+        self.n_muon = sum(len(group["params"]) for group in muon.param_groups)
+
+    @property
+    def param_groups(self):
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self):
+        muon, adamw = self.muon.state_dict(), self.adamw.state_dict()
+        groups = [{**g, "params": [i + self.n_muon for i in g["params"]]} for g in adamw["param_groups"]]
+        state = {**muon["state"], **{i + self.n_muon: s for i, s in adamw["state"].items()}}
+        return {"state": state, "param_groups": muon["param_groups"] + groups}
+
+    def load_state_dict(self, state_dict):
+        k, n = len(self.muon.param_groups), self.n_muon
+        groups, state = state_dict["param_groups"], state_dict["state"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimizer has other parameter groups")
+        self.muon.load_state_dict({"state": {i: s for i, s in state.items() if i < n}, "param_groups": groups[:k]})
+        adamw_groups = [{**g, "params": [i - n for i in g["params"]]} for g in groups[k:]]
+        self.adamw.load_state_dict(
+            {"state": {i - n: s for i, s in state.items() if i >= n}, "param_groups": adamw_groups}
+        )
 
 
 # -----------------------------------------------------------------------------
@@ -343,7 +440,16 @@ class DataLoaderLite:
 
 
 # -----------------------------------------------------------------------------
-# training configuration: its fields are the command-line flags
+# training configuration: its fields are the command-line flags, and --recipe sets some of their defaults
+RECIPES = {
+    "gpt2": {},  # the defaults below: GPT-2's architecture, trained as build-nanogpt does (GPT-3's AdamW and schedule)
+    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the numbers: docs/performance.md
+    "modern": dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
+    | dict(logit_softcap=15.0, muon_lr=0.02, embed_lr=0.006, max_lr=0.003, warmup_steps=10, schedule="wsd"),
+}
+WSD_DECAY = 0.4  # the fraction of the steps over which --schedule wsd decays linearly to zero (modded-nanogpt's)
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
@@ -357,6 +463,19 @@ class TrainConfig:
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
+    recipe: str = flag(
+        "gpt2",
+        "gpt2: GPT-2's, as build-nanogpt trains it; modern: the defaults of RECIPES['modern']",
+        choices=[*RECIPES],
+    )
+    rope: bool | None = flag(None, "rotary position embeddings instead of learned ones (default: off, or the weights')")
+    qk_norm: bool | None = flag(None, "RMS-normalize queries and keys (default: off, or the weights')")
+    relu2: bool | None = flag(None, "ReLU² in the MLP instead of GELU (default: off, or the weights')")
+    rmsnorm: bool | None = flag(None, "RMSNorm instead of LayerNorm (default: off, or the weights')")
+    bias: bool | None = flag(None, "biases in the linear layers and LayerNorms (default: on, or the weights')")
+    tied_head: bool | None = flag(None, "lm_head tied to the token embedding (default: on, or the weights')")
+    zero_init: bool | None = flag(None, "start the residual projections and an untied head at zero (default: off)")
+    logit_softcap: float | None = flag(None, "cap the logits smoothly at ± this (default: 0, off, or the weights')")
     init_from: str | None = flag(
         None,
         "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder,"
@@ -371,7 +490,14 @@ class TrainConfig:
     total_batch_size: int = flag(
         524288, "tokens per optimizer step (2**19, ~0.5M, GPT-3 small's); accumulation makes up B·T"
     )
-    max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small); cosine-decays to 10%% of it")
+    max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small's) of AdamW, of all but --muon_lr's matrices")
+    muon_lr: float | None = flag(None, "Muon at this peak lr for the blocks' matrices (default: none, AdamW for all)")
+    embed_lr: float | None = flag(None, "with --muon_lr, AdamW's peak lr for an untied embedding (default: --max_lr)")
+    schedule: str = flag(
+        "cosine",
+        "cosine: decay to 10%% of the peak (GPT-3); wsd: constant, then linear decay to 0",
+        choices=["cosine", "wsd"],
+    )
     warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
     max_steps: int = flag(19073, "optimizer steps (19073 x 524288 tokens = 10B tokens, one epoch of FineWeb-Edu 10B)")
     weight_decay: float = flag(0.1, "AdamW weight decay on matmul weights and embeddings")
@@ -383,6 +509,8 @@ class TrainConfig:
     hellaswag_dir: str | None = flag(None, "folder of hellaswag_val.jsonl, downloaded if missing (default: hellaswag/)")
     sample_interval: int = flag(250, "steps between printed samples (0: never)")
     checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
+    checkpoint_minutes: float = flag(30.0, "also save every this many minutes, keeping only the newest (0: never)")
+    keep_checkpoints: int | None = flag(None, "keep the newest N of the interval checkpoints (default: all)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
     compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
     fsdp: bool = flag(
@@ -397,15 +525,19 @@ class TrainConfig:
 
 
 POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
+POSITIVE_FLAGS += ["keep_checkpoints"]
 INTERVAL_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]
-ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd"]
+INTERVAL_FLAGS += ["checkpoint_minutes"]
+SWITCHES = ["rope", "qk_norm", "relu2", "rmsnorm", "bias", "tied_head", "zero_init", "logit_softcap"]  # beyond GPT-2
+ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd", *SWITCHES]
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     add_flags(parser, TrainConfig)
+    parser.set_defaults(**RECIPES[parser.parse_known_args(argv)[0].recipe])  # a flag given still wins
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    check_at_least(parser, cfg, 1, POSITIVE_FLAGS + ARCHITECTURE_FLAGS)
+    check_at_least(parser, cfg, 1, POSITIVE_FLAGS + ["n_layer", "n_head", "n_embd"])
     check_at_least(parser, cfg, 0, INTERVAL_FLAGS)
     if cfg.val_tokens < cfg.seq_len:
         parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
@@ -414,6 +546,8 @@ def parse_args(argv=None):
     name = cfg.run_name
     if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
+    if cfg.fsdp and cfg.muon_lr:
+        parser.error("--fsdp with Muon (--muon_lr): torch's Muon would orthogonalize each shard, not the matrix")
     if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N > 1)")
     if cfg.log_dir is None:
@@ -434,7 +568,7 @@ def check_model_config(parser, model_config, args):
 
 def asked_architecture(cfg, default=None):
     """The architecture the flags ask for: --model's preset (or default's), --n_layer, --n_head, --n_embd over it."""
-    overrides = {k: getattr(cfg, k) for k in ARCHITECTURE_FLAGS if getattr(cfg, k) is not None}
+    overrides = {k: getattr(cfg, k, None) for k in ARCHITECTURE_FLAGS if getattr(cfg, k, None) is not None}
     return {**MODEL_PRESETS.get(cfg.model or default, {}), **overrides}
 
 
@@ -452,8 +586,8 @@ def check_architecture(config, cfg, source):
         )
     if differ := {k: v for k, v in asked_architecture(cfg).items() if config.get(k) != v}:
         raise InputError(
-            f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags,"
-            " or match them"
+            f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags"
+            " (--recipe modern sets some), or match them"
         )
     if cfg.seq_len > (block_size := config.get("block_size", cfg.seq_len)):
         raise InputError(
@@ -462,15 +596,19 @@ def check_architecture(config, cfg, source):
         )
 
 
-def get_lr(step, cfg):
-    """Linear warmup, then cosine decay to 10% of max_lr at max_steps (GPT-3 paper, appendix B)."""
-    min_lr = 0.1 * cfg.max_lr
+def get_lr(step, cfg, max_lr=None):
+    """Linear warmup, then cosine decay to 10% of max_lr (default --max_lr) at max_steps (GPT-3 paper, appendix B);
+    or (--schedule wsd) warmup, constant, then a linear decay to zero over the last WSD_DECAY of the steps."""
+    max_lr = max_lr or cfg.max_lr
     if step < cfg.warmup_steps:
-        return cfg.max_lr * (step + 1) / cfg.warmup_steps
+        return max_lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        return max_lr * min(1.0, (cfg.max_steps - step) / (WSD_DECAY * cfg.max_steps))
+    min_lr = 0.1 * max_lr
     if step >= cfg.max_steps:
         return min_lr
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.max_lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
 # -----------------------------------------------------------------------------
@@ -524,20 +662,6 @@ def periodic_work(step, cfg, resumed_at):
     return due - {"checkpoint", "sample"} if step == 0 else due
 
 
-def micro_batch_size(cfg, checkpoint, world_size):
-    """B, before the model is built: as given; on a resume, the run's own; else the largest of 64, 32 ... that
-    divides the step's sequences (on a GPU then halved until a step fits, in train)."""
-    T = cfg.seq_len
-    rows = cfg.total_batch_size // (T * world_size)
-    B = cfg.batch_size or saved_args(checkpoint).get("batch_size") or fit_batch_size(rows, lambda b: True)
-    if cfg.total_batch_size % (B * T * world_size):
-        raise InputError(
-            f"--total_batch_size {cfg.total_batch_size} is not a multiple of batch_size x seq_len x processes ="
-            f" {B} x {T} x {world_size} = {B * T * world_size}; change one of them"
-        )
-    return B
-
-
 def val_sequences(cfg, val_loader):
     """How many sequences evaluation scores: --val_tokens' worth, or all that the val split holds."""
     n_tokens, T = val_loader.total_tokens, cfg.seq_len
@@ -546,23 +670,27 @@ def val_sequences(cfg, val_loader):
     return min(cfg.val_tokens, n_tokens - 1) // T
 
 
-def describe_run(log, cfg, source, model, precision, world_size, grad_accum_steps, train_loader, val_loader):
+def describe_run(log, cfg, resume_path, model, precision, train_loader, val_loader):
     """The run's setup, printed once before the first step."""
+    (device, dtype, why, compiled), world_size = precision, train_loader.world_size
+    source = resume_path or cfg.init_from or cfg.model or "gpt2"
     log(f"model {source}: {model.num_params():,} parameters, {model.config}")
-    log(f"device {precision}, {world_size} process(es)")
+    autocast = " autocast" if dtype != torch.float32 else ""
+    compile = "on" if compiled else "off"
+    log(f"device {device}, {str(dtype)[6:]}{autocast} ({why}), compile {compile}, {world_size} process(es)")
     local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
     share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
     log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
     B, T = train_loader.B, train_loader.T
+    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
     steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
     log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
     n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
     log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
     if cfg.val_tokens > n_val - 1:
         n_seqs = val_sequences(cfg, val_loader)
-        log(
-            f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: evaluating all {n_seqs * T:,} of them"
-        )
+        evaluated = f"evaluating all {n_seqs * T:,} of them"
+        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
 
 
 def print_samples(model, enc, device, autocast, seed, log):
@@ -598,7 +726,7 @@ def build_model(cfg, checkpoint, B, T, device, autocast, log):
     return raw_model, model, B, compiled
 
 
-def train(cfg):
+def train(cfg, signals=None):
     rank, local_rank, world_size, device = setup_distributed(cfg.device)
     ddp, master = torch.distributed.is_initialized(), rank == 0
     log = print if master else lambda *args, **kwargs: None
@@ -610,7 +738,7 @@ def train(cfg):
     enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
     if cfg.hellaswag_interval:
         hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
-    B, T = micro_batch_size(cfg, checkpoint, world_size), cfg.seq_len
+    B, T = micro_batch_size(cfg, saved_args(checkpoint).get("batch_size"), world_size), cfg.seq_len
     train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
     val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
     val_seqs = val_sequences(cfg, val_loader)
@@ -620,7 +748,8 @@ def train(cfg):
     raw_model, model, B, compiled = build_model(cfg, checkpoint, B, T, device, autocast, log)
     cfg.batch_size = train_loader.B = B  # main's out-of-memory line names it
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's own
     # float16's range ends at 65504: the loss is scaled up so small gradients do not flush to zero, and a step whose
     # gradients overflowed is skipped with a smaller scale (Micikevicius et al. 2018, mixed precision training)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -628,15 +757,22 @@ def train(cfg):
     if checkpoint is not None:
         state = (raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
         start_step, val_loss = restore_training_state(resume_path, checkpoint, *state)
+    lock = lock_log_dir(log_dir) if master else None  # noqa: F841  held while the run lasts: one run per log dir
     run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
-    precision = f"{device}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why})"
-    precision += f", compile {'on' if compiled else 'off'}"
-    source = resume_path or cfg.init_from or cfg.model or "gpt2"
-    describe_run(log, cfg, source, raw_model, precision, world_size, grad_accum_steps, train_loader, val_loader)
+    rolling = checkpoint is not None and not checkpoint.get("evaluated", True)  # a time-based or signal one
+    policy = CheckpointPolicy(cfg, signals, master, device, resume_path if rolling else None)
+
+    def save(step, evaluated=True):  # every rank: under FSDP the state is gathered
+        state = (raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
+        return policy.save(step, {**training_state(step, val_loss, *state, keep=master), "evaluated": evaluated})
+
+    describe_run(log, cfg, resume_path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
     flops_per_step, peak = raw_model.flops_per_token(T) * cfg.total_batch_size, peak_flops(device)
+    # the evaluations at the step a resume starts from ran before the interruption, unless a signal saved it first
+    resumed_at = start_step if checkpoint is not None and not rolling else None
 
     for step in range(start_step, cfg.max_steps + 1):
-        due = periodic_work(step, cfg, resumed_at=start_step if checkpoint is not None else None)
+        due = periodic_work(step, cfg, resumed_at)
         # under FSDP on a whole copy of the weights, held meanwhile: ranks score different numbers of batches, rank 0
         # alone samples, and generation calls hidden_states and lm_head, which FSDP's forward hooks do not gather
         whole = whole_copy(raw_model, GPT) if cfg.fsdp and due - {"checkpoint"} else None
@@ -650,11 +786,8 @@ def train(cfg):
             run_log.event(step, "hella", n_correct_norm / n)
         if due & {"val", "hella"}:
             run_log.plot()
-        if "checkpoint" in due:  # every rank: under FSDP the state is gathered
-            state = (raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
-            state = training_state(step, val_loss, *state, keep=master)
-            if master:
-                save_checkpoint(log_dir / f"model_{step:05d}.pt", state)
+        if "checkpoint" in due:
+            save(step)
         if step == cfg.max_steps:
             break
         if enc and "sample" in due:
@@ -684,8 +817,8 @@ def train(cfg):
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, peak_lr in zip(optimizer.param_groups, peak_lrs, strict=True):
+            group["lr"] = get_lr(step, cfg, peak_lr)
         scale = scaler.get_scale()
         scaler.step(optimizer)  # no update if float16 gradients overflowed (inf or nan)
         scaler.update()
@@ -699,20 +832,20 @@ def train(cfg):
                 f" {log_dir} are untouched"
             )
 
-        tokens_per_sec = cfg.total_batch_size / dt
         mfu = flops_per_step / dt / world_size / peak if peak else None
         extra = f" | scale {scale:.0f}" if scaler.is_enabled() else ""
         if scaler.get_scale() < scale:  # lowered: this step's float16 gradients overflowed, the optimizer skipped it
             extra += " | skipped: float16 gradients overflowed, scale lowered"
-        log(
-            f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
-            f" | tok/sec {tokens_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}{extra}"
-        )
-        run_log.event(step, "train", loss_value)
-        run_log.metrics(step, lr=lr, norm=norm_value, tok_per_sec=tokens_per_sec, **({"mfu": mfu} if mfu else {}))
+        run_log.step(step, cfg, loss_value, lr, norm_value, dt, mfu, extra)
 
-    if run_log.wandb_run is not None:
-        run_log.wandb_run.finish()
+        # a signal, or --checkpoint_minutes since the last checkpoint: save the state after this step
+        signum, timed = policy.poll(step + 1)
+        if signum or timed:
+            path = save(step + 1, evaluated=False)  # before the next step's evaluations, which a resume then runs
+        if signum:
+            raise Interrupted(signum, step + 1, path)
+
+    run_log.finish()
 
 
 def out_of_memory(cfg):
@@ -734,7 +867,11 @@ def out_of_memory(cfg):
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        train(cfg)
+        train(cfg, StopSignals())
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(e)
+        raise SystemExit(128 + e.signum)
     except InputError as e:
         raise SystemExit(str(e))
     except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a RuntimeError

@@ -176,6 +176,11 @@ BAD_INPUTS = [
     row("unavailable device", "train", ["--device", "cuda:99"], 1, "--device cuda:99"),
     row("total batch not divisible by B x T x processes", "train", ["--total_batch_size", "1000"], 1, "not a multiple"),
     row("--fsdp in a single process", "train", ["--fsdp"], 2, "launch with torchrun"),
+    row("a learning rate of nan", "train", ["--max_lr", "nan"], 2, "--max_lr: 'nan' is not a finite number"),
+    row("an infinite clip", "train", ["--grad_clip", "inf"], 2, "--grad_clip: 'inf' is not a finite number"),
+    row("negative checkpoint minutes", "train", ["--checkpoint_minutes", "-1"], 2, "--checkpoint_minutes must be 0 or more"),
+    row("keep no checkpoints", "train", ["--keep_checkpoints", "0"], 2, "--keep_checkpoints must be at least 1"),
+    row("--fsdp with Muon", "train", ["--recipe", "modern", "--fsdp"], 2, "torch's Muon would orthogonalize each shard"),
     # train_gpt2.py: the data dir
     row("missing data dir", "train", ["--data_dir", "{tmp}/nowhere"], 1, "no train shards"),
     row("empty data dir", "train", ["--data_dir", "{tmp}/data"], 1, "no train shards", lambda t: (t / "data").mkdir()),
@@ -215,9 +220,12 @@ BAD_INPUTS = [
     row("another program's file to fine-tune", "train", ["--init_from", "{tmp}/other.pt"], 1, "not a train_gpt2.py checkpoint",
         file("other.pt", lambda: checkpoint_bytes([1, 2, 3]))),
     row("a GPT-2 of a smaller vocabulary", "train", ["--init_from", "{tmp}/hf"], 1, "has a vocabulary of 1000", hf_folder(vocab_size=1000, bos_token_id=0, eos_token_id=0)),
+    row("GPT-2's weights under the modern architecture", "train", ["--init_from", "{tmp}/hf", "--recipe", "modern"], 1, "(--recipe modern sets some)", hf_folder()),
     row("architecture flags against the weights", "train", ["--init_from", "{tmp}/hf", "--n_layer", "3"], 1, "but the flags ask for {'n_layer': 3}", hf_folder()),
     row("seq_len beyond the weights' block_size", "train", ["--init_from", "{tmp}/hf", "--seq_len", "256", "--total_batch_size", "1024"], 1, "--seq_len 256 exceeds the block_size 128", hf_folder()),
     row("log dir that cannot be created", "train", ["--log_dir", "/proc/gpt2-kit/log"], 1, "--log_dir /proc/gpt2-kit/log cannot be created"),
+    # wandb installed, but no key and not offline: every first-time user (HOME outside {tmp}: wandb may cache there)
+    row("--wandb without a login", "train", ["--wandb"], 1, "wandb login", None, {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": "{tmp}/../home"}),
     # train_gpt2.py: tokenizer and HellaSwag
     row("no tokenizer files offline", "train", ["--sample_interval", "1"], 1, "tiktoken", lambda t: (t / "empty").mkdir(), {"TIKTOKEN_CACHE_DIR": "{tmp}/empty"}),
     row("HellaSwag file missing offline", "train", ["--hellaswag_interval", "1", "--hellaswag_dir", "{tmp}/hella"], 1, "cannot download"),
@@ -317,6 +325,8 @@ BAD_INPUTS = [
         both(file("log/model_00002.pt", small_checkpoint), file("out/config.json", b"{}"))),
     row("no tokenizer files", "export", ["{tmp}/log", "{tmp}/out"], 1, "tiktoken", both(file("log/model_00002.pt", small_checkpoint), file("junk", b"junk")),
         {"TIKTOKEN_CACHE_DIR": "{tmp}/junk"}),
+    row("output folder that cannot be created", "export", ["{tmp}/log", "/proc/gpt2-kit/out"], 1, "/proc/gpt2-kit/out cannot be written",
+        file("log/model_00002.pt", small_checkpoint)),
 ]  # fmt: skip
 
 

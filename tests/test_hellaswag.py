@@ -172,9 +172,9 @@ def test_forwards_pad_to_their_longest_row_and_apply_the_lm_head_at_ending_token
             self.shapes.append(tuple(idx.shape))
             return self.model.hidden_states(idx)
 
-        def lm_head(self, hidden):
+        def logits(self, hidden):
             self.head_rows.append(hidden.size(0))
-            return self.model.lm_head(hidden)
+            return self.model.logits(hidden)
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=256, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)).eval()

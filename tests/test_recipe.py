@@ -175,8 +175,9 @@ def test_first_step_equals_one_batch_of_all_the_rows_clipped_by_the_global_norm(
         )
 
 
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
 def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(
-    train, log_of, tiny, shakespeare_shards, tmp_path
+    recipe, train, log_of, tiny, shakespeare_shards, tmp_path
 ):
     # the DDP sync must happen on the LAST micro-step: any other leaves a micro-step's gradient un-averaged, and the
     # ranks' weights drift apart. 127 val sequences: ranks and batches of 2 score uneven shares
@@ -196,6 +197,8 @@ def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(
         "3",
         "--val_tokens",
         str(127 * 32),
+        "--recipe",
+        recipe,
     ]
     one = train(*args, "--log_dir", tmp_path / "one")
     two = train(*args, "--log_dir", tmp_path / "two", torchrun=2)
@@ -205,14 +208,18 @@ def test_ddp_with_two_micro_steps_per_rank_equals_one_process_with_four(
     assert len(two.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
     a, b = log_of(tmp_path / "one"), log_of(tmp_path / "two")
     assert a.keys() == b.keys()
+    # the modern recipe: Muon orthogonalizes in bf16, and its zero-initialized head's gradients start near zero,
+    # where AdamW turns a last-bit difference of summing in another order into a step of ±lr: its weights differ
+    # elementwise by an lr or so, while the function they compute agrees, loss for loss
+    scale = 10 if recipe == "modern" else 1
     for key in a:
-        assert abs(a[key] - b[key]) < (1e-5 if key[1] == "train" else 2e-4), (
+        assert abs(a[key] - b[key]) < scale * (1e-5 if key[1] == "train" else 2e-4), (
             f"{key}: one process {a[key]}, two {b[key]}"
         )
     wa, wb = (
         torch.load(d / "model_00006.pt", weights_only=True)["model"] for d in (tmp_path / "one", tmp_path / "two")
     )
-    for name in wa:
+    for name in wa if recipe == "gpt2" else []:
         torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4, msg=f"{name}: DDP and one process part")
 
 

@@ -16,6 +16,7 @@ from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig
 
 STEP_LINE = re.compile(
     r"step (\d+) \| loss (\d+\.\d{6}) \| lr (\d\.\d{4}e[+-]\d\d) \| norm (\d+\.\d{4}) \| dt (\d+\.\d\d)ms \| tok/sec (\d+) \| mfu (n/a|\d+\.\d\d%)"
+    r"( \| [^|]+)*"  # extra fields may follow (DESIGN.md): the elapsed time and the eta, the fp16 scale
 )
 
 

@@ -1,0 +1,203 @@
+"""Long runs on rented GPUs: a signal is a checkpoint that resumes exactly (one process, and torchrun with the signal
+at one rank only), a second Ctrl-C ends at once, time-based checkpoints bound what a crash loses, --keep_checkpoints
+bounds the disk, a full disk is one line, and a log dir holds one run at a time."""
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint import checkpoint_paths, checkpoint_step
+
+INTERRUPTED = re.compile(r"interrupted by (SIG\w+) at step (\d+): saved (\S+); --resume continues exactly")
+
+
+def args_of(tiny, shards, *more):
+    return [*tiny, "--data_dir", str(shards), "--total_batch_size", "256", "--eval_interval", "4", *map(str, more)]
+
+
+def start(repo, args, torchrun=0, **kwargs):
+    """train_gpt2.py in the background, as a user (or torchrun) starts it; its stdout a line at a time."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+    cmd = [*(launcher if torchrun else [sys.executable]), str(repo / "train_gpt2.py"), *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def read_until(proc, prefix):
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no line starting {prefix!r}: {''.join(lines)}{proc.stderr.read()}")
+
+
+def weights(log_dir, step):
+    return torch.load(Path(log_dir) / f"model_{step:05d}.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a, b, step):
+    assert (a / "log.txt").read_text() == (b / "log.txt").read_text()
+    wa, wb = weights(a, step), weights(b, step)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train, tiny, shakespeare_shards, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = train(*args_of(tiny, shakespeare_shards, "--max_steps", 12), "--log_dir", log_dir)
+    assert proc.returncode == 0, proc.stderr
+    return log_dir, proc.stdout
+
+
+def test_the_step_line_tells_the_time_so_far_and_left(uninterrupted):
+    steps = [line for line in uninterrupted[1].splitlines() if line.startswith("step ")]
+    assert len(steps) == 12 and all(re.search(r" \| mfu n/a \| elapsed \d+:\d\d:\d\d \| eta ", s) for s in steps)
+    # no estimate before a second step ends (the first compiles, or warms up), then one that falls to zero
+    assert steps[0].endswith("| eta n/a") and steps[-1].endswith("| eta 0:00:00")
+    assert all(re.search(r"\| eta \d+:\d\d:\d\d$", s) for s in steps[1:])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
+    signum, repo, train, tiny, shakespeare_shards, uninterrupted, tmp_path
+):
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 12, "--log_dir", tmp_path)
+    proc = start(repo, args)
+    read_until(proc, "step 5 |")
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in out + err
+    name, step, path = INTERRUPTED.fullmatch(out.splitlines()[-1]).groups()
+    assert name == signal.Signals(signum).name and 6 <= int(step) < 12
+    assert Path(path) == tmp_path / f"model_{int(step):05d}.pt" and checkpoint_paths(tmp_path) == [Path(path)]
+
+    resumed = train(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {path} at step {step}" in resumed.stdout
+    assert_same_run(uninterrupted[0], tmp_path, 12)
+
+
+def test_a_second_ctrl_c_ends_at_once(repo, tiny, shakespeare_shards, tmp_path):
+    # 400 micro-steps make a step of a second or more: both Ctrl-Cs land inside it
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 3, "--log_dir", tmp_path, "--total_batch_size", 400 * 256)
+    proc = start(repo, args)
+    step_ms = float(re.search(r"dt ([\d.]+)ms", read_until(proc, "step 0 |")[-1])[1])
+    assert step_ms > 1000  # else the Ctrl-Cs below might not land in one step
+    time.sleep(step_ms / 5000)  # into step 1
+    proc.send_signal(signal.SIGINT)  # the first only asks for a checkpoint after the step
+    time.sleep(step_ms / 5000)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=step_ms / 1000)  # within the step, not after it
+    assert proc.returncode == -signal.SIGINT  # ended by the signal itself, as without a handler
+    assert checkpoint_paths(tmp_path) == []
+
+
+def test_a_signal_at_one_torchrun_rank_stops_both_at_the_same_step(repo, train, tiny, shakespeare_shards, tmp_path):
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 10, "--total_batch_size", 512)
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert train(*args, "--log_dir", full, torchrun=2).returncode == 0
+    proc = start(repo, [*args, "--log_dir", stopped], torchrun=2)
+    read_until(proc, "step 3 |")
+    # torchrun's two workers: the signal goes to rank 1 alone, which prints nothing
+    workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    rank = {pid: re.search(rb"(?:^|\0)RANK=(\d)", Path(f"/proc/{pid}/environ").read_bytes())[1] for pid in workers}
+    os.kill(next(pid for pid in workers if rank[pid] == b"1"), signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in out.splitlines() if INTERRUPTED.fullmatch(line)]
+    assert len(lines) == 1, out + err
+    _, step, path = INTERRUPTED.fullmatch(lines[0]).groups()
+    assert checkpoint_paths(stopped) == [Path(path)] and 4 <= int(step) < 10
+
+    resumed = train(*args, "--log_dir", stopped, "--resume", torchrun=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(full, stopped, 10)
+
+
+def test_time_based_checkpoints_bound_what_a_crash_loses_and_keep_checkpoints_bounds_the_disk(
+    repo, train, tiny, shakespeare_shards, tmp_path
+):
+    # --checkpoint_minutes 1e-9: due after every step. Each lasts until the next is on disk; of the interval
+    # checkpoints (3, 6, 9, 12) the newest two stay
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 12, "--checkpoint_interval", 3, "--keep_checkpoints", 2)
+    timed = [*args, "--checkpoint_minutes", "1e-9"]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    assert train(*timed, "--log_dir", full).returncode == 0
+    assert [p.name for p in checkpoint_paths(full)] == ["model_00009.pt", "model_00012.pt"]
+
+    proc = start(repo, [*timed, "--log_dir", crashed])
+    read_until(proc, "step 7 |")
+    proc.kill()
+    proc.communicate()
+    steps = [checkpoint_step(p) for p in checkpoint_paths(crashed)]
+    assert steps[-1] >= 7 and len(steps) <= 3, steps  # a step or so lost, the interval ones 3 and 6, one timed one
+    resumed = train(*timed, "--log_dir", crashed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [p.name for p in checkpoint_paths(crashed)] == ["model_00009.pt", "model_00012.pt"]
+    assert_same_run(full, crashed, 12)
+
+    # and without them, as before: every interval checkpoint is kept
+    plain = tmp_path / "plain"
+    assert (
+        train(
+            *args_of(tiny, shakespeare_shards, "--max_steps", 6, "--checkpoint_interval", 2), "--log_dir", plain
+        ).returncode
+        == 0
+    )
+    assert [checkpoint_step(p) for p in checkpoint_paths(plain)] == [2, 4, 6]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(repo, train, tiny, shakespeare_shards, tmp_path):
+    args = args_of(tiny, shakespeare_shards, "--checkpoint_interval", 2, "--log_dir", tmp_path)
+    assert train(*args, "--max_steps", 4).returncode == 0
+    log_before = (tmp_path / "log.txt").read_text()
+
+    def small_disk():  # files of at most 4 MB (a checkpoint of this model is 40 MB): writes past that fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the first such write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))
+
+    proc = start(repo, [*args, "--max_steps", 8, "--resume"], preexec_fn=small_disk)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    [line] = err.strip().splitlines()
+    assert re.search(
+        r"cannot write checkpoint \S+model_00006\.pt \(.+\): it needs about [\d,]+ bytes, [\d,]+ are free", line
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == ["model_00002.pt", "model_00004.pt"]
+    assert all(torch.load(p, weights_only=True)["step"] == checkpoint_step(p) for p in checkpoint_paths(tmp_path))
+    log = (tmp_path / "log.txt").read_text()
+    assert log.startswith(log_before) and re.fullmatch(r"(\d+ (train|val) \d+\.\d+\n)+", log)
+
+    resumed = train(*args, "--max_steps", 8, "--resume")  # space again: the run goes on from step 4
+    assert resumed.returncode == 0 and "at step 4" in resumed.stdout, resumed.stderr
+
+
+def test_a_second_run_on_a_log_dir_in_use_is_refused_and_kill_9_leaves_no_stale_lock(
+    repo, train, tiny, shakespeare_shards, tmp_path
+):
+    args = args_of(tiny, shakespeare_shards, "--log_dir", tmp_path)
+    first = start(repo, [*args, "--max_steps", 100000, "--eval_interval", 1000, "--checkpoint_interval", 0])
+    read_until(first, "step 2 |")
+    second = train(*args, "--max_steps", 4)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert f"is in use by train_gpt2.py (pid {first.pid} on " in line and second.stdout.count("step ") == 0
+    assert first.poll() is None  # the first goes on
+    first.kill()
+    first.communicate()
+    log = (tmp_path / "log.txt").read_text().splitlines()
+    steps = [int(entry.split()[0]) for entry in log if " train " in entry]
+    assert steps == list(range(len(steps))) and sum(" val " in entry for entry in log) == 1  # one run's lines
+
+    third = train(*args, "--max_steps", 2)  # the lock died with its holder
+    assert third.returncode == 0, third.stderr
