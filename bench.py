@@ -173,10 +173,8 @@ def bench_matmul(n, device, repeats):
     runs = {"bf16": matmul(n, device, torch.bfloat16), "fp32": matmul(n, device, torch.float32)}
     seconds, _ = interleaved(runs, repeats, device, warmup=2)
     figures = {f"{name}_flops": 2 * n**3 / s for name, s in seconds.items()}
-    bf16, fp32 = figures["bf16_flops"], figures["fp32_flops"]
-    report(
-        "matmul peak", si(bf16, "FLOP/s") + " (bf16)", si(fp32, "FLOP/s") + " (fp32)", bf16 / fp32, f"{n}^3, measured"
-    )
+    bf16, fp32 = (si(figures[f"{name}_flops"], "FLOP/s") + f" ({name})" for name in ("bf16", "fp32"))
+    report("matmul peak", bf16, fp32, figures["bf16_flops"] / figures["fp32_flops"], f"{n}^3, measured")
     return figures
 
 
@@ -390,9 +388,7 @@ def parse_args(argv=None):
         default=list(BENCHES)[:4],
         help=f"comma-separated benchmarks to run, of {','.join(BENCHES)} (default: all but recipes)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag given"
-    )
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag")
     add_flags(parser, TrainConfig, TRAIN_FLAGS)
     for name, kwargs in FLAGS.items():
         parser.add_argument(f"--{name}", **kwargs)

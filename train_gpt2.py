@@ -443,9 +443,10 @@ class DataLoaderLite:
 # training configuration: its fields are the command-line flags, and --recipe sets some of their defaults
 RECIPES = {
     "gpt2": {},  # the defaults below: GPT-2's architecture, trained as build-nanogpt does (GPT-3's AdamW and schedule)
-    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the numbers: docs/performance.md
+    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the learning rates: the best of a grid
+    # at a small scale (bench.py --only recipes, docs/performance.md), the soft-cap Gemma 2's order of magnitude
     "modern": dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
-    | dict(logit_softcap=15.0, muon_lr=0.02, embed_lr=0.006, max_lr=0.003, warmup_steps=10, schedule="wsd"),
+    | dict(logit_softcap=15.0, muon_lr=0.04, embed_lr=0.012, max_lr=0.006, warmup_steps=10, schedule="wsd"),
 }
 WSD_DECAY = 0.4  # the fraction of the steps over which --schedule wsd decays linearly to zero (modded-nanogpt's)
 
