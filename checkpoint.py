@@ -5,6 +5,7 @@ file, then a rename), reading it safely (weights_only), and the resume decision 
 Nothing here imports a script: train_gpt2.py, sample.py and hellaswag.py read checkpoints through it.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -303,6 +304,7 @@ class CheckpointPolicy:
         if self.cfg.keep_checkpoints and self.kept(checkpoint_step(newest)):
             kept = [p for p in paths if self.kept(checkpoint_step(p))]
             doomed += kept[: max(0, len(kept) + 1 - self.cfg.keep_checkpoints)]
-        for path in doomed:
-            path.unlink(missing_ok=True)
+        for path in doomed:  # one that cannot be deleted (a permission) stays: the run goes on
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         self.rolling = None if self.kept(checkpoint_step(newest)) else newest

@@ -493,7 +493,7 @@ class TrainConfig:
     )
     max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small's) of AdamW, of all but --muon_lr's matrices")
     muon_lr: float | None = flag(None, "Muon at this peak lr for the blocks' matrices (default: none, AdamW for all)")
-    embed_lr: float | None = flag(None, "with --muon_lr, AdamW's peak lr for an untied embedding (default: --max_lr)")
+    embed_lr: float | None = flag(None, "with --muon_lr, AdamW's peak lr for the embeddings (default: --max_lr)")
     schedule: str = flag(
         "cosine",
         "cosine: decay to 10%% of the peak (GPT-3); wsd: constant, then linear decay to 0",
@@ -528,7 +528,7 @@ class TrainConfig:
 POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
 POSITIVE_FLAGS += ["keep_checkpoints"]
 INTERVAL_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]
-INTERVAL_FLAGS += ["checkpoint_minutes"]
+INTERVAL_FLAGS += ["checkpoint_minutes", "logit_softcap"]
 SWITCHES = ["rope", "qk_norm", "relu2", "rmsnorm", "bias", "tied_head", "zero_init", "logit_softcap"]  # beyond GPT-2
 ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd", *SWITCHES]
 
@@ -536,7 +536,9 @@ ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd", *SWITCHES]
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     add_flags(parser, TrainConfig)
-    parser.set_defaults(**RECIPES[parser.parse_known_args(argv)[0].recipe])  # a flag given still wins
+    recipe = ArgumentParser(add_help=False)  # read first, so that --help shows the recipe's defaults
+    recipe.add_argument("--recipe", default="gpt2", choices=[*RECIPES])
+    parser.set_defaults(**RECIPES[recipe.parse_known_args(argv)[0].recipe])  # a flag given still wins
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     check_at_least(parser, cfg, 1, POSITIVE_FLAGS + ["n_layer", "n_head", "n_embd"])
     check_at_least(parser, cfg, 0, INTERVAL_FLAGS)
@@ -544,6 +546,12 @@ def parse_args(argv=None):
         parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
         parser.error("--max_lr and --grad_clip must be positive and --weight_decay not negative")
+    if any(lr is not None and lr <= 0 for lr in (cfg.muon_lr, cfg.embed_lr)):
+        parser.error("--muon_lr and --embed_lr must be positive (leave --muon_lr out for AdamW alone)")
+    if cfg.muon_lr and not hasattr(torch.optim, "Muon"):
+        parser.error(
+            f"--muon_lr (--recipe modern) needs torch.optim.Muon, in torch 2.9 and later; this is {torch.__version__}"
+        )
     name = cfg.run_name
     if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")

@@ -180,6 +180,8 @@ BAD_INPUTS = [
     row("an infinite clip", "train", ["--grad_clip", "inf"], 2, "--grad_clip: 'inf' is not a finite number"),
     row("negative checkpoint minutes", "train", ["--checkpoint_minutes", "-1"], 2, "--checkpoint_minutes must be 0 or more"),
     row("keep no checkpoints", "train", ["--keep_checkpoints", "0"], 2, "--keep_checkpoints must be at least 1"),
+    row("a negative Muon learning rate", "train", ["--muon_lr", "-0.02"], 2, "--muon_lr and --embed_lr must be positive"),
+    row("a negative soft-cap", "train", ["--logit_softcap", "-5"], 2, "--logit_softcap must be 0 or more"),
     row("--fsdp with Muon", "train", ["--recipe", "modern", "--fsdp"], 2, "torch's Muon would orthogonalize each shard"),
     # train_gpt2.py: the data dir
     row("missing data dir", "train", ["--data_dir", "{tmp}/nowhere"], 1, "no train shards"),
