@@ -400,7 +400,10 @@ def main(argv=None):
         run(parse_args(argv))
     except (InputError, OSError) as e:  # OSError: e.g. the disk is full or --out is not writable
         raise SystemExit(f"fineweb.py: {e}".replace("\n", " "))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:
+        # a Ctrl-C inside tqdm's output lock surfaces as its RuntimeError (releasing the lock it never took)
+        if isinstance(e, RuntimeError) and not isinstance(e.__context__, KeyboardInterrupt):
+            raise
         raise SystemExit("fineweb.py: interrupted; run the same command again to continue where it stopped")
 
 
