@@ -8,11 +8,12 @@ import torch
 
 from sample import generate
 from tokenizer import GPT2_VOCAB_SIZE
-from train_gpt2 import GPT, PADDED_VOCAB_SIZE, GPTConfig
+from train_gpt2 import GPT, PADDED_VOCAB_SIZE, RECIPES, SWITCHES, GPTConfig
 
 pytestmark = pytest.mark.xdist_group("sample")  # one worker: its module fixtures are computed once
 
 PROMPT = "Hello, I'm a language model,"
+MODERN = {k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}
 
 
 def spread_weights(model):
@@ -32,12 +33,15 @@ def favour(model, ids, logit):
         model.lm_head.weight[ids, 0] = logit
 
 
-def random_gpt(block_size=32):
-    """A GPT with the padded vocabulary whose padded ids outscore every real token: only masking keeps them out."""
+def random_gpt(block_size=32, **switches):
+    """A GPT with the padded vocabulary and wide random weights. Of GPT-2's architecture, its padded ids outscore every
+    real token, so only masking keeps them out (favour needs ln_f's bias, which the modern switches drop)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=PADDED_VOCAB_SIZE, n_layer=2, n_head=4, n_embd=64)).eval()
+    config = GPTConfig(block_size=block_size, vocab_size=PADDED_VOCAB_SIZE, n_layer=2, n_head=4, n_embd=64, **switches)
+    model = GPT(config).eval()
     spread_weights(model)
-    favour(model, slice(GPT2_VOCAB_SIZE, None), 1e4)
+    if not switches:
+        favour(model, slice(GPT2_VOCAB_SIZE, None), 1e4)
     return model
 
 
@@ -228,12 +232,13 @@ def test_help_lists_every_flag_with_its_default(sample):
     assert proc.stdout.count("(default:") == len(flags)
 
 
-def test_compile_captures_one_decode_step_and_gives_the_recomputed_tokens_past_the_context(tmp_path, capsys):
+@pytest.mark.parametrize("switches", [{}, MODERN], ids=["gpt2", "modern"])
+def test_compile_captures_one_decode_step_and_gives_the_recomputed_tokens_past_the_context(switches, tmp_path, capsys):
     from torch._dynamo.utils import counters
 
     import sample as sample_py
 
-    model = random_gpt(block_size=64)
+    model = random_gpt(block_size=64, **switches)  # modern: rotary positions, each step's its own, past the context
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "model_00001.pt")
     torch._dynamo.reset()
     counters.clear()
