@@ -16,9 +16,9 @@ import torch
 from tokenizer import gpt2_tokenizer
 from train_gpt2 import GPT, RECIPES, SWITCHES, GPTConfig, TrainConfig, get_lr
 
-# the factors each recipe's learning rates are scaled by, three points each: GPT-2's 6e-4 is tuned for 0.5M-token
+# the factors each recipe's learning rates are scaled by, four points each: GPT-2's 6e-4 is tuned for 0.5M-token
 # steps of a 124M model, a small model on small steps takes a few times more; modern's defaults are this grid's best
-GRIDS = {"gpt2": (2, 4, 8), "modern": (0.25, 0.5, 1)}
+GRIDS = {"gpt2": (1, 2, 4, 8), "modern": (0.25, 0.5, 1, 2)}
 EVAL_EVERY = 10  # steps between evaluations: the resolution of "steps to the loss"
 VAL_TOKENS = 4096
 

@@ -87,8 +87,8 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
 
 
 def test_a_second_ctrl_c_ends_at_once(repo, tiny, shakespeare_shards, tmp_path):
-    # 400 micro-steps make a step of a second or more: both Ctrl-Cs land inside it
-    args = args_of(tiny, shakespeare_shards, "--max_steps", 3, "--log_dir", tmp_path, "--total_batch_size", 400 * 256)
+    # 100 micro-steps make a step of a few seconds: both Ctrl-Cs land inside it
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 3, "--log_dir", tmp_path, "--total_batch_size", 100 * 256)
     proc = start(repo, args)
     step_ms = float(re.search(r"dt ([\d.]+)ms", read_until(proc, "step 0 |")[-1])[1])
     assert step_ms > 1000  # else the Ctrl-Cs below might not land in one step
