@@ -277,18 +277,31 @@ def test_run_killed_midway_and_restarted_ends_identical_without_redoing_finished
     assert f"this run wrote {total - done:,} tokens" in result.stdout  # finished shards' documents were skipped
 
 
+def writer_of(pipe, proc):
+    """The pipe's write end once proc has opened it to read: a run that fails to start fails the test, not hangs it."""
+    while True:
+        try:
+            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while nobody reads
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return open(fd, "w", encoding="utf-8")
+
+
 def test_ctrl_c_leaves_complete_shards_and_says_how_to_continue(tmp_path, big_corpus):
-    write_jsonl(tmp_path / "docs.jsonl", big_corpus)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, FINEWEB, "--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--shard_size", "100000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while not list(out.glob("*.npy")) and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    # the documents come through a pipe the test holds open: the run cannot finish before the Ctrl-C, however fast
+    pipe, out = tmp_path / "docs.jsonl", tmp_path / "out"
+    os.mkfifo(pipe)
+    cmd = [sys.executable, FINEWEB, "--input", str(pipe), "--out", str(out), "--shard_size", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with writer_of(pipe, proc) as writer:
+        writer.writelines(json.dumps({"text": doc}) + "\n" for doc in big_corpus[:1000])  # ~1M tokens: ten shards
+        writer.flush()
+        while not list(out.glob("*.npy")) and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert "run the same command again" in one_line_error(
         subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
