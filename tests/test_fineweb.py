@@ -295,7 +295,11 @@ def test_ctrl_c_leaves_complete_shards_and_says_how_to_continue(tmp_path, big_co
     pipe, out = tmp_path / "docs.jsonl", tmp_path / "out"
     os.mkfifo(pipe)
     cmd = [sys.executable, FINEWEB, "--input", str(pipe), "--out", str(out), "--shard_size", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's Ctrl-C finds it: a script's background job (as CI may run) inherits it ignored, and
+    # Python then never raises KeyboardInterrupt. One signal call before exec: no lock for another thread to hold
+    at_default = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    kwargs = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, **kwargs, preexec_fn=at_default)  # noqa: PLW1509
     with writer_of(pipe, proc) as writer:
         writer.writelines(json.dumps({"text": doc}) + "\n" for doc in big_corpus[:1000])  # ~1M tokens: ten shards
         writer.flush()
