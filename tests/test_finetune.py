@@ -13,18 +13,6 @@ STEPS = ["--max_steps", "20", "--eval_interval", "20"]
 
 
 @pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-    """A random GPT-2 of the micro preset's shape (the tiny flags' --model micro agrees with it), with 50257 rows."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2))
-    folder = tmp_path_factory.mktemp("tiny_hf")
-    hf.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def finetuned(train, tiny, shakespeare_shards, tiny_hf, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("finetuned")
     proc = train(*tiny, *STEPS, "--data_dir", shakespeare_shards, "--log_dir", log_dir, "--init_from", tiny_hf)

@@ -19,8 +19,9 @@ STEPS = ["--batch_size", "2", "--seq_len", "32", "--total_batch_size", "256", "-
 
 @pytest.fixture(scope="module")
 def runs(train, tiny, shakespeare_shards, shared_data, tmp_path_factory):
-    """{name: (log dir, CompletedProcess)}: ddp and fsdp run 10 steps (fsdp also scores HellaSwag and samples);
-    fsdp_resumed and ddp_resumed continue fsdp's step-5 checkpoint under FSDP and under DDP."""
+    """{name: (log dir, CompletedProcess)}: ddp and fsdp run 10 steps (fsdp also scores HellaSwag and samples), and
+    one process the same steps in 4 micro-steps (the noise of summing in another order); fsdp_resumed and ddp_resumed
+    continue fsdp's step-5 checkpoint under FSDP and under DDP."""
     tmp = tmp_path_factory.mktemp("fsdp")
     args = [*tiny, "--data_dir", shakespeare_shards, *STEPS]
     fsdp = [
@@ -38,6 +39,7 @@ def runs(train, tiny, shakespeare_shards, shared_data, tmp_path_factory):
         name: (tmp / name, train(*args, *flags, "--log_dir", tmp / name, torchrun=2))
         for name, flags in (("ddp", []), ("fsdp", fsdp))
     }
+    out["one"] = tmp / "one", train(*args, "--log_dir", tmp / "one")
     lines = (tmp / "fsdp" / "log.txt").read_text().splitlines(keepends=True)
     for name, flags in (("fsdp_resumed", fsdp), ("ddp_resumed", [])):
         (tmp / name).mkdir()
@@ -55,18 +57,19 @@ def column(proc, name):
     return [float(v) for v in re.findall(rf"\| {name} (\S+) \|", proc.stdout)]
 
 
-def test_fsdp_takes_the_same_steps_as_ddp(runs, log_of):
-    (ddp_dir, ddp), (fsdp_dir, fsdp) = runs["ddp"], runs["fsdp"]
+def test_fsdp_takes_the_same_steps_as_ddp(runs, log_of, agree_within_noise):
+    (ddp_dir, ddp), (fsdp_dir, fsdp), (one_dir, one) = runs["ddp"], runs["fsdp"], runs["one"]
     assert "2 processes x 2 accumulation steps" in fsdp.stdout
-    a, b = log_of(ddp_dir), log_of(fsdp_dir)
-    assert [s for s, kind in b if kind == "hella"] == [0, 5, 10] and "sample 3:" in fsdp.stdout  # on whole weights
-    b = {k: v for k, v in b.items() if k[1] != "hella"}
-    assert a.keys() == b.keys() and len([k for k in a if k[1] == "train"]) == 10
-    for key in a:
-        assert abs(a[key] - b[key]) < (1e-5 if key[1] == "train" else 2e-4), f"{key}: DDP {a[key]}, FSDP {b[key]}"
-    norms = column(fsdp, "norm")
-    # the global norm over all shards (each shard's alone would be ~30% less); float32 sums over 3.3M squares differ by 1e-4
-    assert norms == pytest.approx(column(ddp, "norm"), rel=1e-3) and norms[0] > 2
+    log = log_of(fsdp_dir)
+    assert [s for s, kind in log if kind == "hella"] == [0, 5, 10] and "sample 3:" in fsdp.stdout  # on whole weights
+    assert (
+        log_of(ddp_dir).keys() == {k for k in log if k[1] != "hella"} and len([k for k in log if k[1] == "train"]) == 10
+    )
+    agree_within_noise(ddp_dir, fsdp_dir, one_dir, step=10)
+    # the global norm over all shards (each shard's alone would be ~30% less), within the noise as the losses
+    norms, ddp_norms, one_norms = (column(proc, "norm") for proc in (fsdp, ddp, one))
+    noise = max(1e-4, *(abs(a - b) for a, b in zip(ddp_norms, one_norms, strict=True)))
+    assert all(abs(a - b) <= 10 * noise for a, b in zip(norms, ddp_norms, strict=True)) and norms[0] > 2
     assert len(fsdp.stdout.split("step 0 | loss")) == 2  # rank 0 alone prints
 
 
@@ -89,9 +92,7 @@ def test_each_rank_holds_half_of_the_state(runs):
 
 def test_fsdp_checkpoint_has_the_format_of_ddp(runs):
     a, b = (torch.load(runs[name][0] / "model_00010.pt", weights_only=True) for name in ("ddp", "fsdp"))
-    assert a.keys() == b.keys() and a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-5, rtol=1e-4, msg=k)
+    assert a.keys() == b.keys() and a["model"].keys() == b["model"].keys()  # the weights' values: the test above
     assert (
         b["model"]["lm_head.weight"].untyped_storage().data_ptr()
         == b["model"]["transformer.wte.weight"].untyped_storage().data_ptr()
@@ -102,19 +103,20 @@ def test_fsdp_checkpoint_has_the_format_of_ddp(runs):
         assert {k: v.shape for k, v in b["optimizer"]["state"][i].items()} == {k: v.shape for k, v in state.items()}, i
 
 
-def test_fsdp_checkpoint_resumes_under_fsdp_exactly_and_under_ddp(runs, log_of):
+def test_fsdp_checkpoint_resumes_under_fsdp_exactly_and_under_ddp(runs, same_run, agree_within_noise):
     (fsdp_dir, _), (same_dir, same), (ddp_dir, ddp) = runs["fsdp"], runs["fsdp_resumed"], runs["ddp_resumed"]
     assert "resuming from" in same.stdout and "step 4 |" not in same.stdout and "step 5 |" in same.stdout
-    assert (same_dir / "log.txt").read_text() == (fsdp_dir / "log.txt").read_text()
+    same_run(fsdp_dir, same_dir, 10)
     assert "--fsdp True -> False" in ddp.stdout
-    a, b = log_of(fsdp_dir), log_of(ddp_dir)
-    assert [k for k in a if k[1] == "train"] == [k for k in b if k[1] == "train"]
-    assert all(abs(a[k] - b[k]) < 1e-5 for k in a if k[1] == "train"), (a, b)
+    agree_within_noise(ddp_dir, fsdp_dir, runs["one"][0], step=10)
 
 
-def test_sample_reads_an_fsdp_checkpoint(runs, run):
-    proc = run(
-        "sample.py", "--checkpoint", runs["fsdp"][0], "--device", "cpu", "--max_new_tokens", "8", "--num_samples", "2"
-    )
+def test_sample_reads_an_fsdp_checkpoint(runs, run, sample_stdout_of):
+    path = runs["fsdp"][0] / "model_00010.pt"
+    proc = run("sample.py", "--checkpoint", path, "--device", "cpu", "--dtype", "float32", "--max_new_tokens", 16)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
+    # the reference reads the file itself; that its weights are DDP's is test_fsdp_checkpoint_has_the_format_of_ddp's
+    checkpoint = torch.load(path, weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    assert proc.stdout == sample_stdout_of(model.eval(), "Hello, I'm a language model,", 1337, 16)[0]

@@ -22,9 +22,9 @@ def train_losses(log):
 
 @pytest.fixture(scope="module")
 def runs(train, tiny, shakespeare_shards, tmp_path_factory):
-    """The same 20 steps in float32 and in float16, each with a checkpoint at step 10; and both of --recipe modern."""
+    """The same 20 steps in float32, float16 and bfloat16, each with a checkpoint at step 10; for both recipes."""
     out = {}
-    for recipe, dtype in [(recipe, dtype) for recipe in ("gpt2", "modern") for dtype in ("float32", "float16")]:
+    for recipe, dtype in [(r, d) for r in ("gpt2", "modern") for d in ("float32", "float16", "bfloat16")]:
         log_dir = tmp_path_factory.mktemp(f"{recipe}_{dtype}")
         flags = ["--data_dir", shakespeare_shards, "--log_dir", log_dir, "--dtype", dtype, "--recipe", recipe]
         proc = train(*tiny, *SMALL, *flags)
@@ -37,19 +37,26 @@ def runs(train, tiny, shakespeare_shards, tmp_path_factory):
 # float16 rounding of the gradient becomes a full step elsewhere and the two runs part; before it they agree as closely
 @pytest.mark.parametrize("recipe, steps", [("gpt2", 20), ("modern", 8)])
 def test_float16_follows_float32_and_shows_its_loss_scale(recipe, steps, runs, log_of):
-    (f32, f32_stdout), (f16, stdout) = runs[recipe, "float32"], runs[recipe, "float16"]
+    f16, stdout = runs[recipe, "float16"]
     assert ("rope=True" in stdout) == (recipe == "modern")
     assert "float16 autocast (--dtype float16)" in stdout
     assert (
         len(re.findall(r"^step \d+ .* \| scale 65536$", stdout, re.MULTILINE)) == 20
     )  # no overflow at the usual scale
-    fp16_losses, fp32_losses = train_losses(log_of(f16)), train_losses(log_of(f32))
-    assert len(fp16_losses) == 20
-    diffs = [abs(a - b) for a, b in zip(fp16_losses, fp32_losses, strict=True)]
-    assert max(diffs[:steps]) < 1e-2, (fp16_losses, fp32_losses)
-    # every group's gradients are unscaled before the clip and the step (Muon's too): a scaled one reads 65536x
-    f32_norms, f16_norms = ([float(n) for n in re.findall(r"\| norm ([\d.]+)", out)] for out in (f32_stdout, stdout))
-    assert all(abs(a / b - 1) < 0.05 for a, b in zip(f16_norms[:steps], f32_norms[:steps], strict=True))
+    # float16 keeps 3 more bits than bfloat16: it follows float32 at least as closely as bfloat16 does, measured here on
+    # the same steps (within 2x: one run's rounding against another's). A loss scale left on a gradient errs by orders
+    losses, norms = {}, {}
+    for dtype in ("float32", "float16", "bfloat16"):
+        log_dir, out = runs[recipe, dtype]
+        losses[dtype] = train_losses(log_of(log_dir))[:steps]
+        norms[dtype] = [float(n) for n in re.findall(r"\| norm ([\d.]+)", out)][:steps]
+    assert len(train_losses(log_of(f16))) == 20
+
+    def deviation(values, dtype):
+        return max(abs(a / b - 1) for a, b in zip(values[dtype], values["float32"], strict=True))
+
+    for name, values in (("loss", losses), ("gradient norm", norms)):
+        assert deviation(values, "float16") <= 2 * deviation(values, "bfloat16"), (name, values)
 
 
 def resume_copy(log_dir, tmp_path, edit=None):
@@ -65,16 +72,15 @@ def resume_copy(log_dir, tmp_path, edit=None):
 
 
 @pytest.mark.parametrize("recipe", ["gpt2", "modern"])
-def test_float16_resume_repeats_the_uninterrupted_run_bitwise(recipe, runs, train, tiny, shakespeare_shards, tmp_path):
+def test_float16_resume_repeats_the_uninterrupted_run_bitwise(
+    recipe, runs, train, same_run, tiny, shakespeare_shards, tmp_path
+):
     log_dir, _ = runs[recipe, "float16"]
     copy = resume_copy(log_dir, tmp_path)
     flags = ["--data_dir", shakespeare_shards, "--log_dir", copy, "--dtype", "float16", "--recipe", recipe]
     proc = train(*tiny, *SMALL, *flags, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert (copy / "log.txt").read_text() == (log_dir / "log.txt").read_text()
-    for key in ("model", "optimizer", "scaler"):
-        resumed, uninterrupted = (torch.load(d / "model_00020.pt", weights_only=True)[key] for d in (copy, log_dir))
-        torch.testing.assert_close(resumed, uninterrupted, rtol=0, atol=0)
+    same_run(log_dir, copy, 20, parts=("model", "optimizer", "scaler"))
 
 
 def test_an_overflow_skips_the_step_lowers_the_scale_and_the_run_goes_on(

@@ -37,21 +37,6 @@ def val_file(shared_data):
 
 
 @pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-    """A random 2-layer GPT-2 in transformers' format, weights spread wide enough that predictions vary."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.1)
-    folder = tmp_path_factory.mktemp("tiny_hf")
-    hf.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_hf, tmp_path_factory):
     """Our GPT with the same weights, saved the way train_gpt2.py saves its checkpoints."""
     gpt = GPT.from_pretrained(str(tiny_hf))

@@ -6,8 +6,6 @@ import os
 import re
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,32 +19,6 @@ INTERRUPTED = re.compile(r"interrupted by (SIG\w+) at step (\d+): saved (\S+); -
 
 def args_of(tiny, shards, *more):
     return [*tiny, "--data_dir", str(shards), "--total_batch_size", "256", "--eval_interval", "4", *map(str, more)]
-
-
-def start(repo, args, torchrun=0, **kwargs):
-    """train_gpt2.py in the background, as a user (or torchrun) starts it; its stdout a line at a time."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
-    cmd = [*(launcher if torchrun else [sys.executable]), str(repo / "train_gpt2.py"), *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def read_until(proc, prefix):
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return lines
-    raise AssertionError(f"no line starting {prefix!r}: {''.join(lines)}{proc.stderr.read()}")
-
-
-def weights(log_dir, step):
-    return torch.load(Path(log_dir) / f"model_{step:05d}.pt", weights_only=True)["model"]
-
-
-def assert_same_run(a, b, step):
-    assert (a / "log.txt").read_text() == (b / "log.txt").read_text()
-    wa, wb = weights(a, step), weights(b, step)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +39,11 @@ def test_the_step_line_tells_the_time_so_far_and_left(uninterrupted):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
-    signum, repo, train, tiny, shakespeare_shards, uninterrupted, tmp_path
+    signum, start, lines_until, train, same_run, tiny, shakespeare_shards, uninterrupted, tmp_path
 ):
     args = args_of(tiny, shakespeare_shards, "--max_steps", 12, "--log_dir", tmp_path)
-    proc = start(repo, args)
-    read_until(proc, "step 5 |")
+    proc = start("train_gpt2.py", *args)
+    lines_until(proc, "step 5 |")
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
@@ -83,14 +55,14 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
     resumed = train(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {path} at step {step}" in resumed.stdout
-    assert_same_run(uninterrupted[0], tmp_path, 12)
+    same_run(uninterrupted[0], tmp_path, 12)
 
 
-def test_a_second_ctrl_c_ends_at_once(repo, tiny, shakespeare_shards, tmp_path):
+def test_a_second_ctrl_c_ends_at_once(start, lines_until, tiny, shakespeare_shards, tmp_path):
     # 25 micro-steps make a step of a few seconds: both Ctrl-Cs land inside it
     args = args_of(tiny, shakespeare_shards, "--max_steps", 3, "--log_dir", tmp_path, "--total_batch_size", 25 * 256)
-    proc = start(repo, args)
-    step_ms = float(re.search(r"dt ([\d.]+)ms", read_until(proc, "step 0 |")[-1])[1])
+    proc = start("train_gpt2.py", *args)
+    step_ms = float(re.search(r"dt ([\d.]+)ms", lines_until(proc, "step 0 |")[-1])[1])
     assert step_ms > 1000  # else the Ctrl-Cs below might not land in one step
     time.sleep(step_ms / 5000)  # into step 1
     proc.send_signal(signal.SIGINT)  # the first only asks for a checkpoint after the step
@@ -102,12 +74,14 @@ def test_a_second_ctrl_c_ends_at_once(repo, tiny, shakespeare_shards, tmp_path):
     assert checkpoint_paths(tmp_path) == []
 
 
-def test_a_signal_at_one_torchrun_rank_stops_both_at_the_same_step(repo, train, tiny, shakespeare_shards, tmp_path):
+def test_a_signal_at_one_torchrun_rank_stops_both_at_the_same_step(
+    start, lines_until, train, same_run, tiny, shakespeare_shards, tmp_path
+):
     args = args_of(tiny, shakespeare_shards, "--max_steps", 10, "--total_batch_size", 512)
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert train(*args, "--log_dir", full, torchrun=2).returncode == 0
-    proc = start(repo, [*args, "--log_dir", stopped], torchrun=2)
-    read_until(proc, "step 3 |")
+    proc = start("train_gpt2.py", *args, "--log_dir", stopped, torchrun=2)
+    lines_until(proc, "step 3 |")
     # torchrun's two workers: the signal goes to rank 1 alone, which prints nothing
     workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     rank = {pid: re.search(rb"(?:^|\0)RANK=(\d)", Path(f"/proc/{pid}/environ").read_bytes())[1] for pid in workers}
@@ -121,40 +95,68 @@ def test_a_signal_at_one_torchrun_rank_stops_both_at_the_same_step(repo, train, 
 
     resumed = train(*args, "--log_dir", stopped, "--resume", torchrun=2)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(full, stopped, 10)
+    same_run(full, stopped, 10)
 
 
-def test_time_based_checkpoints_bound_what_a_crash_loses_and_keep_checkpoints_bounds_the_disk(
-    repo, train, tiny, shakespeare_shards, uninterrupted, tmp_path
+def checkpoints_kept(last):
+    """What the policy leaves after the checkpoint of step `last` with --checkpoint_interval 3 --keep_checkpoints 2:
+    the newest two interval ones, and `last` itself (a time-based or a signal's one lasts until the next is saved)."""
+    return [f"model_{step:05d}.pt" for step in sorted({*list(range(3, last + 1, 3))[-2:], last})]
+
+
+def test_what_signals_crashes_and_resumes_leave_on_disk_with_time_based_and_kept_checkpoints(
+    start, lines_until, train, same_run, tiny, shakespeare_shards, uninterrupted, tmp_path
 ):
-    # --checkpoint_minutes 1e-9: due after every step. Each lasts until the next is on disk; of the interval
-    # checkpoints (3, 6, 9, 12) the newest two stay
+    # --checkpoint_minutes 1e-9: one due after every step. Each lasts until the next is on disk; of the interval
+    # checkpoints (3, 6, 9, 12) the newest two stay. A resume deletes nothing before it has saved a newer one
     args = args_of(tiny, shakespeare_shards, "--max_steps", 12, "--checkpoint_interval", 3, "--keep_checkpoints", 2)
-    timed = [*args, "--checkpoint_minutes", "1e-9"]
-    crashed = tmp_path / "crashed"
-    proc = start(repo, [*timed, "--log_dir", crashed])
-    read_until(proc, "step 7 |")
-    proc.kill()
-    proc.communicate()
-    steps = [checkpoint_step(p) for p in checkpoint_paths(crashed)]
-    assert steps[-1] >= 7 and len(steps) <= 3, steps  # a step or so lost, the interval ones 3 and 6, one timed one
-    resumed = train(*timed, "--log_dir", crashed, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert [p.name for p in checkpoint_paths(crashed)] == ["model_00009.pt", "model_00012.pt"]
-    assert_same_run(uninterrupted[0], crashed, 12)  # the checkpoints' flags change nothing that is computed
+    args += ["--checkpoint_minutes", "1e-9", "--log_dir", tmp_path, "--resume"]
 
-    # and without them, as before: every interval checkpoint is kept
-    plain = tmp_path / "plain"
-    assert (
-        train(
-            *args_of(tiny, shakespeare_shards, "--max_steps", 6, "--checkpoint_interval", 2), "--log_dir", plain
-        ).returncode
-        == 0
-    )
-    assert [checkpoint_step(p) for p in checkpoint_paths(plain)] == [2, 4, 6]
+    def names():
+        return [p.name for p in sorted(tmp_path.iterdir()) if p.name.startswith("model_")]  # temporary files too
+
+    def interrupted(proc):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        return int(INTERRUPTED.fullmatch(out.splitlines()[-1])[2])
+
+    signalled = start("train_gpt2.py", *args)
+    lines_until(signalled, "step 4 |")
+    signalled.send_signal(signal.SIGTERM)
+    first = interrupted(signalled)
+    assert names() == checkpoints_kept(first), first
+
+    # a resume deletes nothing before it has saved: killed as it starts, it leaves what it found
+    killed = start("train_gpt2.py", *args)
+    lines_until(killed, "resuming from")
+    killed.kill()
+    killed.communicate()
+    assert names() == checkpoints_kept(first)
+
+    # resumed from the signal's checkpoint, signalled again at once: the first step's checkpoint replaces it
+    resumed = start("train_gpt2.py", *args)
+    lines_until(resumed, "resuming from")
+    resumed.send_signal(signal.SIGTERM)
+    assert interrupted(resumed) == first + 1 and names() == checkpoints_kept(first + 1)
+
+    # a crash: a checkpoint after every step bounds what it loses to about a step
+    crashed = start("train_gpt2.py", *args)
+    lines_until(crashed, "step 9 |")
+    crashed.kill()
+    crashed.communicate()
+    newest = checkpoint_step(checkpoint_paths(tmp_path)[-1])
+    complete = [name for name in names() if name.endswith(".pt")]  # the kill may land in a write: its .tmp stays
+    assert newest >= 9 and complete == checkpoints_kept(newest), names()
+
+    finished = train(*args)
+    assert finished.returncode == 0, finished.stderr
+    assert f"at step {newest}" in finished.stdout and names() == ["model_00009.pt", "model_00012.pt"]
+    same_run(uninterrupted[0], tmp_path, 12)  # the checkpoints' flags change nothing that is computed
 
 
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(repo, train, tiny, shakespeare_shards, tmp_path):
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(
+    start, train, tiny, shakespeare_shards, tmp_path
+):
     args = args_of(tiny, shakespeare_shards, "--checkpoint_interval", 2, "--log_dir", tmp_path)
     assert train(*args, "--max_steps", 4).returncode == 0
     log_before = (tmp_path / "log.txt").read_text()
@@ -163,7 +165,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(repo, tra
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the first such write
         resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))
 
-    proc = start(repo, [*args, "--max_steps", 8, "--resume"], preexec_fn=small_disk)
+    proc = start("train_gpt2.py", *args, "--max_steps", 8, "--resume", preexec_fn=small_disk)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err, err
     [line] = err.strip().splitlines()
@@ -180,11 +182,11 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(repo, tra
 
 
 def test_a_second_run_on_a_log_dir_in_use_is_refused_and_kill_9_leaves_no_stale_lock(
-    repo, train, tiny, shakespeare_shards, tmp_path
+    start, lines_until, train, tiny, shakespeare_shards, tmp_path
 ):
     args = args_of(tiny, shakespeare_shards, "--log_dir", tmp_path)
-    first = start(repo, [*args, "--max_steps", 100000, "--eval_interval", 1000, "--checkpoint_interval", 0])
-    read_until(first, "step 2 |")
+    first = start("train_gpt2.py", *args, "--max_steps", 100000, "--eval_interval", 1000, "--checkpoint_interval", 0)
+    lines_until(first, "step 2 |")
     second = train(*args, "--max_steps", 4)
     assert second.returncode == 1 and "Traceback" not in second.stderr
     [line] = second.stderr.strip().splitlines()

@@ -52,11 +52,8 @@ def prompts(batch, length):
 # --- generate ----------------------------------------------------------------------
 
 
-def test_greedy_equals_transformers_generate(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=64, n_layer=2, n_head=4)).eval()
+def test_greedy_equals_transformers_generate(random_hf_gpt2, tmp_path):
+    hf = random_hf_gpt2(n_positions=64, n_embd=64, n_layer=2, n_head=4)
     spread_weights(hf)
     hf.save_pretrained(tmp_path)
     idx = prompts(2, 8)
@@ -130,14 +127,6 @@ def sample(run):
     )
 
 
-def expected_stdout(model, prompt, seed, max_new_tokens, top_k=50):
-    """What sample.py should print for one sample: the whole sequence from generate, decoded at once."""
-    enc = tiktoken.get_encoding("gpt2")
-    idx = torch.tensor([enc.encode(prompt)])
-    out = generate(model, idx, max_new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
-    return enc.decode(out[0].tolist()) + "\n", out[0, idx.size(1) :].tolist()
-
-
 @pytest.fixture(scope="module")
 def log_dir(train, tiny, shakespeare_shards, tmp_path_factory):
     """A folder named log holding model_00010.pt from a 10-step run of the micro model on Tiny Shakespeare."""
@@ -147,13 +136,13 @@ def log_dir(train, tiny, shakespeare_shards, tmp_path_factory):
     return log_dir
 
 
-def test_sample_prints_the_prompt_and_its_seeded_continuation(sample, log_dir):
+def test_sample_prints_the_prompt_and_its_seeded_continuation(sample, sample_stdout_of, log_dir):
     args = ["--prompt", PROMPT, "--max_new_tokens", 30]
     default = sample(*args, "--seed", 5, cwd=log_dir.parent)  # no --checkpoint: the newest in ./log
     named = sample(*args, "--seed", 5, "--checkpoint", log_dir / "model_00010.pt")
     other = sample(*args, "--seed", 6, "--checkpoint", log_dir)
     assert default.returncode == named.returncode == other.returncode == 0, default.stderr + named.stderr + other.stderr
-    expected, _ = expected_stdout(GPT.from_checkpoint(log_dir), PROMPT, seed=5, max_new_tokens=30)
+    expected, _ = sample_stdout_of(GPT.from_checkpoint(log_dir), PROMPT, seed=5, max_new_tokens=30)
     assert default.stdout == named.stdout == expected
     assert other.stdout.startswith(PROMPT) and other.stdout != expected
     assert len(expected) > len(PROMPT) + 30  # 30 tokens of continuation, not an empty one
@@ -167,7 +156,7 @@ def is_utf8(data):
         return False
 
 
-def test_streamed_text_joins_tokens_that_split_a_character(sample, log_dir, tmp_path):
+def test_streamed_text_joins_tokens_that_split_a_character(sample, sample_stdout_of, log_dir, tmp_path):
     # a model that samples only tokens holding part of a UTF-8 character (e.g. the lone byte 0xc3):
     # its text is right only if the pieces are joined before they are decoded
     enc = tiktoken.get_encoding("gpt2")
@@ -178,7 +167,7 @@ def test_streamed_text_joins_tokens_that_split_a_character(sample, log_dir, tmp_
 
     proc = sample("--checkpoint", tmp_path, "--prompt", "Café", "--seed", 3, "--max_new_tokens", 40)
     assert proc.returncode == 0, proc.stderr
-    expected, new = expected_stdout(model, "Café", seed=3, max_new_tokens=40)
+    expected, new = sample_stdout_of(model, "Café", seed=3, max_new_tokens=40)
     assert proc.stdout == expected
     assert set(new) <= set(pieces) and enc.decode(new) != "".join(enc.decode([t]) for t in new)
 
@@ -203,14 +192,11 @@ def test_empty_and_overlong_prompts(sample, log_dir):
     assert proc.stdout.startswith(enc.decode(enc.encode(long)[-128:])) and not proc.stdout.startswith("word0 ")
 
 
-def test_init_from_a_local_hugging_face_folder(sample, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+def test_init_from_a_local_hugging_face_folder(sample, sample_stdout_of, random_hf_gpt2, tmp_path):
+    random_hf_gpt2(n_positions=64, n_embd=32, n_layer=1, n_head=2).save_pretrained(tmp_path)
     proc = sample("--init_from", tmp_path, "--prompt", PROMPT, "--seed", 2, "--max_new_tokens", 12)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == expected_stdout(GPT.from_pretrained(str(tmp_path)), PROMPT, seed=2, max_new_tokens=12)[0]
+    assert proc.stdout == sample_stdout_of(GPT.from_pretrained(str(tmp_path)), PROMPT, seed=2, max_new_tokens=12)[0]
 
 
 def test_help_lists_every_flag_with_its_default(sample):
