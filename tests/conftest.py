@@ -16,11 +16,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # tiktoken reads this on its first get_encoding call; set it before any test imports the scripts
 if (SHARED_DATA / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken_cache"))
-# every script the tests start, whatever the shell has: its output unbuffered, so that a test reading a running
-# script's lines gets each as it is printed (PYTHONUNBUFFERED is set on the project's machines, not in a new shell);
-# glibc's malloc keeping freed blocks of up to 256 MB, as it otherwise maps and unmaps each step's (B, T, 50304)
-# logits anew, page faults that double a tiny CPU step's time
-os.environ.update(PYTHONUNBUFFERED="1", MALLOC_MMAP_THRESHOLD_=str(2**28), MALLOC_TRIM_THRESHOLD_=str(2**28))
 sys.path.insert(0, str(REPO))
 
 # a 2-layer, 64-dim model on Tiny Shakespeare: 20 steps take a few seconds on 2 CPU cores
@@ -29,6 +24,15 @@ TINY = [
     "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "4096", "--sample_interval", "0", "--hellaswag_interval", "0",
     "--dtype", "float32", "--device", "cpu",
 ]  # fmt: skip
+
+
+def child_env(env=None):
+    """The environment of a script the tests start: this one's, with two settings of its own, whatever the shell has.
+    Output unbuffered, so that a test reading a running script's lines gets each as it is printed (PYTHONUNBUFFERED is
+    set on the project's machines, not in a new shell). glibc's malloc keeping freed blocks of up to 256 MB: it maps
+    and unmaps each step's (B, T, 50304) logits anew otherwise, page faults that double a tiny CPU step's time."""
+    speed = {"MALLOC_MMAP_THRESHOLD_": str(2**28), "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **speed, **(env or {})}
 
 
 def command(script, args, torchrun=0):
@@ -46,7 +50,7 @@ def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
         text=True,
         timeout=timeout,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env=child_env(env),
     )
 
 
@@ -57,7 +61,7 @@ def start_script(script, *args, torchrun=0, env=None, **popen):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=child_env(env),
         **popen,
     )
 

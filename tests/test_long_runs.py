@@ -52,10 +52,11 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
     assert name == signal.Signals(signum).name and 6 <= int(step) < 12
     assert Path(path) == tmp_path / f"model_{int(step):05d}.pt" and checkpoint_paths(tmp_path) == [Path(path)]
 
-    resumed = train(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {path} at step {step}" in resumed.stdout
-    same_run(uninterrupted[0], tmp_path, 12)
+    if signum == signal.SIGTERM:  # SIGINT's checkpoint is the same: one resume shows it continues exactly
+        resumed = train(*args, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"resuming from {path} at step {step}" in resumed.stdout
+        same_run(uninterrupted[0], tmp_path, 12)
 
 
 def test_a_second_ctrl_c_ends_at_once(start, lines_until, tiny, shakespeare_shards, tmp_path):
