@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 # a 2-layer, 64-dim model on Tiny Shakespeare: 20 steps take a few seconds on 2 CPU cores
 TINY = [
     "--model", "micro", "--batch_size", "4", "--seq_len", "64", "--total_batch_size", "512",
-    "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "2048", "--sample_interval", "0", "--hellaswag_interval", "0",
+    "--max_lr", "3e-3", "--warmup_steps", "5", "--val_tokens", "4096", "--sample_interval", "0", "--hellaswag_interval", "0",
     "--dtype", "float32", "--device", "cpu",
 ]  # fmt: skip
 

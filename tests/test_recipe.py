@@ -11,6 +11,8 @@ from torch.nn import functional as F
 
 from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, evaluate, get_lr, make_model_config, parse_args
 
+pytestmark = pytest.mark.xdist_group("recipe")  # one worker: its module fixtures are computed once
+
 HF_TRANSPOSED = (
     "attn.c_attn.weight",
     "attn.c_proj.weight",
