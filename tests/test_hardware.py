@@ -33,11 +33,9 @@ def runs(train, tiny, shakespeare_shards, tmp_path_factory):
     return out
 
 
-# Muon's step has one size whatever its gradient's: at this 32-token batch's first loss spike (modern's step 8) the
-# float16 rounding of the gradient becomes a full step elsewhere and the two runs part; before it they agree as closely
-@pytest.mark.parametrize("recipe, steps", [("gpt2", 12), ("modern", 8)])
-def test_float16_follows_float32_and_shows_its_loss_scale(recipe, steps, runs, log_of):
-    f16, stdout = runs[recipe, "float16"]
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
+def test_float16_follows_float32_and_shows_its_loss_scale(recipe, runs, log_of):
+    stdout = runs[recipe, "float16"][1]
     assert ("rope=True" in stdout) == (recipe == "modern")
     assert "float16 autocast (--dtype float16)" in stdout
     assert (
@@ -48,9 +46,9 @@ def test_float16_follows_float32_and_shows_its_loss_scale(recipe, steps, runs, l
     losses, norms = {}, {}
     for dtype in ("float32", "float16", "bfloat16"):
         log_dir, out = runs[recipe, dtype]
-        losses[dtype] = train_losses(log_of(log_dir))[:steps]
-        norms[dtype] = [float(n) for n in re.findall(r"\| norm ([\d.]+)", out)][:steps]
-    assert len(train_losses(log_of(f16))) == 12
+        losses[dtype] = train_losses(log_of(log_dir))
+        norms[dtype] = [float(n) for n in re.findall(r"\| norm ([\d.]+)", out)]
+    assert len(losses["float16"]) == len(norms["float16"]) == 12
 
     def deviation(values, dtype):
         return max(abs(a / b - 1) for a, b in zip(values[dtype], values["float32"], strict=True))

@@ -1,5 +1,5 @@
-"""Kill training in a checkpoint write, an evaluation or a step, damage its newest checkpoint, lose a DDP rank: the run resumes or ends cleanly,
-and nothing saved is ever corrupt."""
+"""Kill training in a checkpoint write, an evaluation or a step, damage its newest checkpoint, lose a DDP rank: the
+run resumes or ends cleanly, and nothing saved is ever corrupt."""
 
 import os
 import random
