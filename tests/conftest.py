@@ -1,10 +1,15 @@
 """Shared test setup: the offline copies in ../shared/data, the scripts run as a user runs them, and the tiny
 training run most tests start from. Test files take these as fixtures; none imports another."""
 
+import functools
 import hashlib
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,15 +48,61 @@ def command(script, args, torchrun=0):
 
 
 def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
-    """The script run to its end: its CompletedProcess (text stdout and stderr)."""
-    return subprocess.run(
-        command(script, args, torchrun),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=child_env(env),
-    )
+    """The script run to its end: its CompletedProcess (text stdout and stderr). Forked from a Python that has
+    imported torch (tests/prewarmed.py), unless torchrun launches it or `env` sets what an interpreter reads as it
+    starts."""
+    if torchrun or any(k.startswith(READ_AT_START) for k in env or {}):
+        cmd = command(script, args, torchrun)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=child_env(env))
+    cmd = command(script, args)
+    with tempfile.TemporaryDirectory() as out:
+        stdout, stderr = Path(out, "stdout"), Path(out, "stderr")
+        request = [cmd[1], cmd[2:], str(cwd or os.getcwd()), child_env(env), str(stdout), str(stderr)]
+        code = prewarmed().run(request, timeout)
+        output = stdout.read_text(), stderr.read_text()
+    if code is None:
+        raise subprocess.TimeoutExpired(cmd, timeout, *output)
+    return subprocess.CompletedProcess(cmd, code, *output)
+
+
+READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_")  # by the interpreter, the C library and OpenMP
+
+
+class Prewarmed:
+    """The tests' end of tests/prewarmed.py: one per test process, its runs one at a time."""
+
+    def __init__(self):
+        script = str(REPO / "tests" / "prewarmed.py")
+        pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, script], env=child_env(), **pipes)
+
+    def reply(self, timeout=None):
+        """The next number it prints; None if none came within timeout seconds. Read a byte at a time: a buffered
+        read could take the next reply too, which select() would then wait for in vain."""
+        line, fd = b"", self.proc.stdout.fileno()
+        while not line.endswith(b"\n"):
+            if not select.select([fd], [], [], timeout)[0]:
+                return None
+            byte = os.read(fd, 1)
+            assert byte, "tests/prewarmed.py has died"
+            line += byte
+        return int(line)
+
+    def run(self, request, timeout):
+        """The exit code of one run; None if it ran past timeout seconds (then it is killed)."""
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        self.proc.stdin.flush()
+        pid = self.reply()
+        code = self.reply(timeout)
+        if code is None:
+            os.kill(pid, signal.SIGKILL)
+            self.reply()
+        return code
+
+
+@functools.cache
+def prewarmed():
+    return Prewarmed()
 
 
 def start_script(script, *args, torchrun=0, env=None, **popen):
