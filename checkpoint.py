@@ -90,7 +90,20 @@ def load_weights(path, device="cpu"):
     return path, checkpoint
 
 
-def training_state(step, val_loss, model, optimizer, scaler, train_loader, device, cfg, wandb_run, keep=True):
+@dataclasses.dataclass
+class TrainingState:
+    """A run's stateful parts, which a checkpoint saves and a resume puts back: the bare model (FSDP-sharded or
+    not), its optimizers, float16's gradient scaler, the train loader's place; and the run's log, whose wandb run a
+    resume continues."""
+
+    model: torch.nn.Module
+    optimizers: list
+    scaler: torch.amp.GradScaler
+    train_loader: object
+    run_log: object = None
+
+
+def training_state(step, val_loss, state, device, cfg, keep=True):
     """What a checkpoint holds: what continues the run exactly (restore_training_state's inverse), and notes. The
     state dicts are a single process's, whether or not FSDP sharded the model: every rank calls this, only rank 0
     keeps them (keep=False: each gathered tensor goes to the meta device, dropped at once)."""
@@ -98,22 +111,23 @@ def training_state(step, val_loss, model, optimizer, scaler, train_loader, devic
     def full(t):  # an FSDP shard (a DTensor) gathered tensor by tensor: an all-gather, which every rank joins
         return t.full_tensor().to("cpu" if keep else "meta") if hasattr(t, "full_tensor") else t
 
-    tied = model.config.tied_head
-    model_state = {k: full(v) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    tied = state.model.config.tied_head
+    model_state = {k: full(v) for k, v in state.model.state_dict().items() if not (tied and k == "lm_head.weight")}
     if tied:  # one tensor with wte: gathered and saved once
         model_state["lm_head.weight"] = model_state["transformer.wte.weight"]
-    optimizer_state = optimizer.state_dict()
-    optimizer_state["state"] = {i: {k: full(v) for k, v in s.items()} for i, s in optimizer_state["state"].items()}
-    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+    optimizer_states = [optimizer.state_dict() for optimizer in state.optimizers]
+    for saved in optimizer_states:
+        saved["state"] = {i: {k: full(v) for k, v in s.items()} for i, s in saved["state"].items()}
+    wandb_run = state.run_log.wandb_run if state.run_log is not None else None
     return {
         "model": model_state,
-        "config": dataclasses.asdict(model.config),
+        "config": dataclasses.asdict(state.model.config),
         "step": step,
         "val_loss": val_loss,
-        "optimizer": optimizer_state,
-        "scaler": scaler.state_dict(),
-        "train_loader": train_loader.state_dict(),
-        "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng},
+        "optimizer": optimizer_states,
+        "scaler": state.scaler.state_dict(),
+        "train_loader": state.train_loader.state_dict(),
+        "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         "args": dataclasses.asdict(cfg),
         "wandb_run_id": wandb_run.id if wandb_run is not None else None,
     }
@@ -133,26 +147,39 @@ def like(tensor, sharded):
     return torch.distributed.tensor.distribute_tensor(tensor.to(sharded.device), mesh, placements, src_data_rank=None)
 
 
-def restore_training_state(path, checkpoint, model, optimizer, scaler, train_loader, device, local_rank, cfg, log):
-    """Put a checkpoint's state back into the new model, optimizer and loader; (step, val_loss). Changed flags are
+def restore_training_state(path, checkpoint, state, device, cfg, log):
+    """Put a checkpoint's state back into the new model, optimizers and loader; (step, val_loss). Changed flags are
     named."""
+    saved = checkpoint["optimizer"]
+    saved = [saved] if isinstance(saved, dict) else saved  # one optimizer's, as written before 2026-12-06
+    if len(saved) != len(state.optimizers):
+        raise InputError(
+            f"{path} cannot be resumed: it holds {len(saved)} optimizers' state, this run has {len(state.optimizers)}"
+            " optimizers; resume with the flags it was trained with (its --recipe, --muon_lr). A --recipe modern"
+            " checkpoint written before 2026-12-06 only samples and fine-tunes (--init_from)"
+        )
     try:
-        sharded, params = model.state_dict(), [p for group in optimizer.param_groups for p in group["params"]]
-        model.load_state_dict({k: like(v, sharded.get(k)) for k, v in checkpoint["model"].items()})
-        state = {i: {k: like(v, params[i]) for k, v in s.items()} for i, s in checkpoint["optimizer"]["state"].items()}
-        optimizer.load_state_dict({**checkpoint["optimizer"], "state": state})
+        sharded = state.model.state_dict()
+        state.model.load_state_dict({k: like(v, sharded.get(k)) for k, v in checkpoint["model"].items()})
+        for optimizer, optimizer_state in zip(state.optimizers, saved, strict=True):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            peaks = [group["initial_lr"] for group in optimizer.param_groups]  # this run's flags': they go on
+            moments = {i: {k: like(v, params[i]) for k, v in s.items()} for i, s in optimizer_state["state"].items()}
+            optimizer.load_state_dict({**optimizer_state, "state": moments})
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                group["initial_lr"] = peak
     except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
         why = first_line(e)
         raise InputError(
             f"{path} cannot be resumed: its weights or optimizer state do not fit its config ({why}); resume with"
             " the flags it was trained with (its --recipe, --muon_lr)"
         )
-    if scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
-        scaler.load_state_dict(checkpoint["scaler"])
-    train_loader.load_state_dict(checkpoint["train_loader"])
+    if state.scaler.is_enabled() and checkpoint.get("scaler"):  # float16's loss scale; empty from other dtypes' runs
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    state.train_loader.load_state_dict(checkpoint["train_loader"])
     torch.set_rng_state(checkpoint["rng"]["cpu"])
     if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][local_rank % len(checkpoint["rng"]["cuda"])], device)
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][device.index % len(checkpoint["rng"]["cuda"])], device)
     log(f"resuming from {path} at step {checkpoint['step']}")
     changed = [
         f"--{k} {v} -> {getattr(cfg, k)}"
@@ -253,17 +280,42 @@ class StopSignals:
         self.signum = self.signum or signum
 
 
-class CheckpointPolicy:
-    """When a run saves beyond every --checkpoint_interval steps, and which checkpoints it keeps. Time-based ones
-    (every --checkpoint_minutes) and a signal's each last only until the next checkpoint is on disk; of the others (at
-    interval multiples and the end) the newest --keep_checkpoints stay. Any rank's clock or signal decides, for every
-    rank alike."""
+class Checkpoints:
+    """A run's checkpoints in --log_dir: the one it resumes from (chosen and checked, with check(config, path), before
+    anything is written), the lock that keeps a second run out, and when it saves and what it keeps. It saves every
+    --checkpoint_interval steps and after the last, where the newest --keep_checkpoints stay; and every
+    --checkpoint_minutes and on a signal, a checkpoint that lasts only until the next is on disk. Such a one is
+    written after a step, before the next step's evaluations, which a resume from it runs. Any rank's clock or
+    signal decides, for every rank alike."""
 
-    def __init__(self, cfg, signals, master, device, resumed_from=None):
-        self.cfg, self.signals, self.master, self.device = cfg, signals, master, device
-        self.saved_at = time.monotonic()
+    def __init__(self, cfg, check, signals, master, device, log):
+        self.cfg, self.signals, self.master, self.device, self.log = cfg, signals, master, device, log
+        self.path, self.resumed = checkpoint_to_resume(Path(cfg.log_dir), cfg.resume, check, log)
+        self.saved_args = saved_args(self.resumed)
+        evaluated = self.resumed is not None and self.resumed.get("evaluated", True)
+        self.evaluated_step = self.resumed["step"] if evaluated else None  # its evaluations ran before it stopped
         # the time-based or signal checkpoint not yet superseded: this run's, or the one it resumed from
-        self.rolling = resumed_from
+        self.rolling = self.path if self.resumed is not None and not evaluated else None
+        self.state, self.lock, self.saved_at = None, None, time.monotonic()
+
+    def start(self, state):
+        """Put the resumed checkpoint into `state` (a TrainingState) and hold the log dir for this run (rank 0):
+        (the step to run next, the last val loss); (0, None) for a new run."""
+        self.state, step, val_loss = state, 0, None
+        if self.resumed is not None:
+            step, val_loss = restore_training_state(self.path, self.resumed, state, self.device, self.cfg, self.log)
+        if self.master:  # held open until the process ends
+            self.lock = lock_log_dir(Path(self.cfg.log_dir))
+        return step, val_loss
+
+    def step_done(self, step, val_loss):
+        """After optimizer step `step` - 1: on a signal, or --checkpoint_minutes after the last checkpoint, save the
+        state (`step`, evaluated=False); a signal then stops the run (Interrupted)."""
+        signum, timed = self.poll(step)
+        if signum or timed:
+            path = self.save(step, val_loss, evaluated=False)
+        if signum:
+            raise Interrupted(signum, step, path)
 
     def kept(self, step):
         return step == self.cfg.max_steps or (self.cfg.checkpoint_interval and step % self.cfg.checkpoint_interval == 0)
@@ -278,9 +330,12 @@ class CheckpointPolicy:
             torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
         return int(flags[0]), bool(flags[1])
 
-    def save(self, step, state):
-        """Rank 0 writes the checkpoint of `step`, then deletes what the policy no longer keeps; a failed write ends
-        the run on every rank (the others would wait for rank 0 forever). Its path."""
+    def save(self, step, val_loss, evaluated=True):
+        """Every rank gathers the state (under FSDP), rank 0 writes the checkpoint of `step`, then deletes what the
+        policy no longer keeps; a failed write ends the run on every rank (the others would wait for rank 0 forever).
+        Its path."""
+        state = training_state(step, val_loss, self.state, self.device, self.cfg, keep=self.master)
+        state["evaluated"] = evaluated
         path, error = Path(self.cfg.log_dir) / f"model_{step:05d}.pt", None
         if self.master:
             try:

@@ -24,7 +24,7 @@ from train_gpt2 import GPT, HF_TRANSPOSED, SWITCHES, GPTConfig
 
 def hf_config(config, vocab_size=None, **kwargs):
     """transformers' GPT2Config with our dims and no dropout: we train without it, so an exported model computes
-    the same function (and bench.py's Hugging Face baseline does the same work)."""
+    the same function (and tools/bench.py's Hugging Face baseline does the same work)."""
     from transformers import GPT2Config  # slow to import (seconds): only once the inputs are known to be good
 
     return GPT2Config(

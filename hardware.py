@@ -1,11 +1,12 @@
 """
-Where a run computes and in what precision: the device, autocast's dtype, torchrun's process group, the largest
-micro-batch that fits a GPU, torch.compile with its fallback, the peak FLOP/s that MFU divides by, and FSDP's
-sharding and whole copy of the weights. Every script's --device and --dtype end here; nothing here imports a script.
+The hardware decisions the scripts ask about, answered: which device, which autocast dtype and why, the micro-batch
+that fits a GPU, whether torch.compile works on this machine, the peak FLOP/s that MFU divides by; and FSDP's
+sharding and whole copy of the weights. The scripts then call torch themselves (torch.autocast, torch.compile, the
+process group). Every script's --device and --dtype end here; nothing here imports a script.
 """
 
+import contextlib
 import math
-import os
 
 import torch
 
@@ -53,9 +54,10 @@ def auto_dtype(device):
     return "float32", f"auto: float32 on {hardware}"
 
 
-def make_autocast(dtype, device):
-    """(autocast context, torch dtype, why) for --dtype on device; a dtype the GPU has no tensor cores for is refused.
-    On CUDA, float32 matmuls may use TF32, as the published GPT-2 numbers were made."""
+def autocast_dtype(dtype, device):
+    """(torch dtype, why) for --dtype on device, autocast's (float32: autocast off); a dtype the GPU has no tensor
+    cores for is refused. On CUDA, float32 matmuls may use TF32 from here on, as the published GPT-2 numbers were
+    made."""
     if dtype == "bfloat16" and device.type == "cuda" and not native_bf16(device):
         major, minor = torch.cuda.get_device_capability(device)
         raise InputError(
@@ -65,8 +67,7 @@ def make_autocast(dtype, device):
     dtype, why = auto_dtype(device) if dtype == "auto" else (dtype, f"--dtype {dtype}")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
-    dtype = getattr(torch, dtype)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32), dtype, why
+    return getattr(torch, dtype), why
 
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
@@ -78,19 +79,10 @@ def peak_flops(device):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
 
 
-def setup_distributed(device_name):
-    """(rank, local_rank, world_size, device): under torchrun (RANK, LOCAL_RANK, WORLD_SIZE set) in the process group."""
-    ddp = "RANK" in os.environ
-    rank, local_rank, world_size = (
-        (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
-    )
-    device = pick_device(device_name, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if ddp:  # NCCL between GPUs, gloo between CPU processes
-        cuda = device.type == "cuda"
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return rank, local_rank, world_size, device
+def mfu(flops_per_second, device):
+    """Model FLOPs utilization: the share of the device's peak that training's FLOPs use (None: peak unknown)."""
+    peak = peak_flops(device)
+    return flops_per_second / peak if peak else None
 
 
 def fit_batch_size(rows, fits):
@@ -145,17 +137,16 @@ def fit_to_memory(model, B, T, device, autocast, fsdp):
     return max(1, fit_batch_size(B, fits))
 
 
-def try_compile(model, B, T, device, autocast, log):
-    """torch.compile(model), tried on one step first: without Triton or a working C++ compiler the run goes on
-    eagerly, on every rank alike."""
-    compiled = torch.compile(model)
+def compiles(compiled, B, T, device, autocast, log):
+    """Whether a torch.compile'd model compiles here, tried on one step (every rank alike): without Triton or a
+    working C++ compiler it cannot, and the run goes on eagerly, saying so."""
     works, failure = step_runs(compiled, B, T, device, autocast, torch._dynamo.exc.BackendCompilerFailed)
     if not works:
         log(
             f"torch.compile cannot compile here ({failure}): training without it, slower, with the same losses;"
             " --no-compile skips the attempt"
         )
-    return compiled if works else model
+    return works
 
 
 def shard(model):
@@ -168,8 +159,13 @@ def shard(model):
         fully_shard(module)
 
 
-def whole_copy(model, model_class):
-    """An FSDP model's weights whole on every rank (all-gathers, every rank joins them) in a plain model_class."""
+@contextlib.contextmanager
+def whole_weights(model, fsdp, model_class):
+    """The model to evaluate, score and sample with: itself; under FSDP a plain model_class with the whole weights,
+    all-gathered (every rank joins), whose memory goes back when the context ends."""
+    if not fsdp:
+        yield model
+        return
     with torch.device("meta"):  # no memory, no random init: the weights come next
         copy = model_class(model.config)
     tied = model.config.tied_head
@@ -177,4 +173,7 @@ def whole_copy(model, model_class):
     copy.load_state_dict(weights, strict=not tied, assign=True)
     if tied:  # as in the model: gathered once
         copy.lm_head.weight = copy.transformer.wte.weight
-    return copy
+    try:
+        yield copy
+    finally:
+        copy.to("meta")  # the caller's name for it outlives the context, its weights do not

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, check_at_least, first_line
-from hardware import make_autocast, pick_device
+from hardware import autocast_dtype, pick_device
 from tokenizer import gpt2_tokenizer
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -126,10 +126,10 @@ def render(example, enc):
     return enc.encode_ordinary(example["ctx"]), endings, example["label"]
 
 
-def load_examples(data_dir=DATA_DIR, split="val", limit=None):
+def load_examples(data_dir=None, split="val", limit=None):
     """The first `limit` examples (all if None) of a split, rendered to GPT-2 tokens; downloads the split
-    into data_dir unless it is already there."""
-    path = Path(data_dir) / f"hellaswag_{split}.jsonl"
+    into data_dir (default DATA_DIR) unless it is already there."""
+    path = Path(data_dir or DATA_DIR) / f"hellaswag_{split}.jsonl"
     if not path.exists():
         download(URL.format(split=split), path)
     examples = read_split(path, split)[:limit]
@@ -283,11 +283,12 @@ def main(argv=None):
             block_size = model.config.block_size
         else:
             model, block_size = load_hf_model(args.model_type, device)
-        autocast, dtype, why = make_autocast(args.dtype, device)
+        dtype, why = autocast_dtype(args.dtype, device)
     except InputError as e:
         raise SystemExit(str(e))
     model_name = args.model_type or args.checkpoint
     print(f"{len(examples)} {args.split} examples, {model_name} on {device}, {str(dtype)[6:]} ({why})")
+    autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
     n, correct, correct_norm = evaluate(model, examples, block_size, device, autocast, args.batch_size, progress=True)
     print(f"hellaswag {args.split}: n={n} acc={correct / n:.4f} acc_norm={correct_norm / n:.4f}")
 

@@ -122,6 +122,7 @@ class RunLog:
 
     def __init__(self, log_dir, checkpoint, cfg, wandb=None):
         self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
+        self.max_steps = cfg.max_steps
         self.started, self.step_ends = time.perf_counter(), deque(maxlen=21)  # the recent steps' ends, for pace()
         if log_dir is None:
             return
@@ -165,18 +166,13 @@ class RunLog:
         except ImportError:
             print("matplotlib is not installed, so no plot.png: pip install matplotlib to get one")
 
-    def step(self, step, cfg, loss, lr, norm, dt, mfu, extra=""):
-        """An optimizer step: the step line (its fields, then how long the run has taken and has left), log.txt's
-        train line, and the step's metrics for wandb."""
-        elapsed, eta = self.pace(step, cfg.max_steps)
-        tok_per_sec = cfg.total_batch_size / dt
-        if self.path is not None:
-            speed = f"tok/sec {tok_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}"
-            clock = f"elapsed {hours(elapsed)} | eta {'n/a' if eta is None else hours(eta)}"
-            line = f"step {step} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms"
-            print(f"{line} | {speed} | {clock}{extra}")
+    def step(self, step, loss, lr, norm, tok_per_sec, mfu):
+        """An optimizer step: log.txt's train line and the step's metrics for wandb; the step line's end, how long
+        the run has taken and has left."""
+        elapsed, eta = self.pace(step, self.max_steps)
         self.event(step, "train", loss)
         self.metrics(step, lr=lr, norm=norm, tok_per_sec=tok_per_sec, **({"mfu": mfu} if mfu else {}))
+        return f"elapsed {hours(elapsed)} | eta {'n/a' if eta is None else hours(eta)}"
 
     def pace(self, step, max_steps):
         """(seconds since training began in this process, an estimate of the seconds left to max_steps or None):
@@ -195,6 +191,8 @@ class RunLog:
             print(line)
         with open(self.path, "a") as f:
             f.write(line + "\n")
+        if kind != "train":  # the plot redrawn at every evaluation
+            self.plot()
         self.metrics(step, **{kind: value})
 
     def metrics(self, step, **values):

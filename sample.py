@@ -8,7 +8,7 @@ Sample text from a GPT: a train_gpt2.py checkpoint, or OpenAI's GPT-2 weights fr
 
 One sample streams to the terminal as it is generated; several are generated as one batch and
 printed one after another. The same --seed gives the same text on the same device and dtype.
-generate() is the decoding loop (with its KV cache) that training's samples and bench.py use too.
+The decoding loop (with its KV cache) is the model's own: GPT.generate in train_gpt2.py.
 """
 
 import argparse
@@ -16,100 +16,11 @@ import codecs
 import sys
 
 import torch
-from torch.nn import functional as F
 
 from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, check_at_least
-from hardware import make_autocast, pick_device
-from tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, gpt2_tokenizer
-
-
-class KVCache:
-    """One layer's keys and values for generation, in buffers as long as the context. The tokens fed go to the slots
-    from `pos` on, a tensor all layers share and generate() sets: every one-token step then has the same shapes and
-    reads no changing Python number, so torch.compile captures it once (a CUDA graph with mode="reduce-overhead").
-    Attention covers all the slots, a mask hiding those after each query's position."""
-
-    def __init__(self, pos, block_size, static_address=False):
-        self.pos, self.block_size = pos, block_size  # pos: (1,) long, the first position the next tokens take
-        self.static_address = static_address  # for a compiled step; marking imports torch._dynamo, 2 s on a CPU
-        self.k = self.v = None  # allocated on first use, in the dtype autocast gives the keys
-
-    def positions(self, T):
-        return self.pos + torch.arange(T, device=self.pos.device)
-
-    def update(self, k, v):
-        B, nh, T, hs = k.shape
-        if self.k is None:
-            # zeros, not empty: a hidden slot still enters the matmuls, and its weight 0 times a nan would be nan
-            self.k, self.v = (k.new_zeros(B, nh, self.block_size, hs) for _ in range(2))
-            if self.static_address:  # CUDA graphs skip a step that writes into an input not marked static
-                for buffer in (self.k, self.v):
-                    torch._dynamo.mark_static_address(buffer)
-        pos = self.positions(T)
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
-        mask = (
-            torch.arange(self.k.size(2), device=pos.device) <= pos[:, None]
-        )  # (T, block_size): the slots each query sees
-        return self.k, self.v, mask
-
-
-def next_logits(model, idx, kv_cache=None):
-    """The scores (B, GPT2_VOCAB_SIZE), float32, of the token after each row of idx (B, T): the LM head at the last
-    position only, the others' logits would be thrown away."""
-    hidden = model.hidden_states(idx, kv_cache=kv_cache)
-    return model.logits(hidden[:, -1, :])[:, :GPT2_VOCAB_SIZE].float()
-
-
-@torch.no_grad()
-def generate(
-    model,
-    idx,
-    max_new_tokens,
-    temperature=1.0,
-    top_k=None,
-    generator=None,
-    use_kv_cache=True,
-    stream=None,
-    compile=False,
-):
-    """Append max_new_tokens sampled tokens to each row of idx (B, T); top_k=1 is greedy decoding. Padded
-    vocabulary ids are never sampled. stream, if given, is called with each step's new tokens (B, 1) as soon
-    as they are sampled. use_kv_cache=False recomputes the whole context for every token (for benchmarks).
-    compile=True compiles the one-token steps (not the prompt's forward, which runs once): their shapes never change,
-    so they compile once, and on a GPU mode="reduce-overhead" replays them as a CUDA graph, one launch for the ~200
-    kernels of a token (on a CPU the mode changes nothing)."""
-    block_size = model.config.block_size
-    decode_step = (
-        torch.compile(next_logits, mode="reduce-overhead", dynamic=False, fullgraph=True) if compile else next_logits
-    )
-    pos = torch.zeros(1, dtype=torch.long, device=idx.device)
-    kv_cache = [KVCache(pos, block_size, static_address=compile) for _ in model.transformer.h] if use_kv_cache else None
-    cached = 0  # slots filled; a Python int beside the tensor pos, so deciding to refill never waits for the device
-    for _ in range(max_new_tokens):
-        if kv_cache is not None and 0 < cached < block_size:
-            pos.fill_(cached)
-            # a copy: the view idx[:, -1:] has a stride that grows every step, and a compiled step would recompile
-            logits = decode_step(model, idx[:, -1:].clone(memory_format=torch.contiguous_format), kv_cache)
-            cached += 1
-        else:
-            # (re)fill the cache from the last block_size tokens: once the window slides, every
-            # token's absolute position changes, so its cached keys are stale
-            context = idx[:, -block_size:]
-            pos.zero_()
-            logits = next_logits(model, context, kv_cache)
-            cached = context.size(1)
-        logits = logits / temperature
-        candidates = None
-        if top_k is not None:  # sample among the k most likely alone: softmax and sampling over k, not 50257
-            logits, candidates = torch.topk(logits, min(top_k, logits.size(-1)))
-        idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
-        if candidates is not None:
-            idx_next = candidates.gather(-1, idx_next)
-        idx = torch.cat((idx, idx_next), dim=1)
-        if stream is not None:
-            stream(idx_next)
-    return idx
+from hardware import autocast_dtype, pick_device
+from tokenizer import EOT_TOKEN, gpt2_tokenizer
+from train_gpt2 import GPT
 
 
 def parse_args(argv=None):
@@ -159,17 +70,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from train_gpt2 import GPT  # the script that trains imports this one: here, not at the top, imports run one way
-
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
         enc = gpt2_tokenizer()  # before the weights: a missing tokenizer should not wait for gpt2-xl to load
         model = GPT.from_pretrained(args.init_from) if args.init_from else GPT.from_checkpoint(args.checkpoint, device)
-        autocast, _, _ = make_autocast(args.dtype, device)
+        dtype, _ = autocast_dtype(args.dtype, device)
     except InputError as e:
         raise SystemExit(str(e))
     model.to(device).eval()
+    autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
 
     tokens, block_size = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}), model.config.block_size
     if len(tokens) > block_size:
@@ -184,15 +94,8 @@ def main(argv=None):
 
     def run(stream=None):
         with autocast:
-            return generate(
-                model,
-                idx,
-                args.max_new_tokens,
-                args.temperature,
-                args.top_k,
-                generator,
-                stream=stream,
-                compile=args.compile,
+            return model.generate(
+                idx, args.max_new_tokens, args.temperature, args.top_k, generator, stream=stream, compile=args.compile
             )
 
     if args.num_samples == 1:

@@ -4,16 +4,16 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
     python fineweb.py                                         # token shards into edu_fineweb10B/
     python train_gpt2.py                                      # one GPU (or CPU / MPS)
     torchrun --standalone --nproc_per_node=8 train_gpt2.py    # eight GPUs, DistributedDataParallel
-    python train_gpt2.py --resume                             # continue from the newest checkpoint in log/
+    python train_gpt2.py --resume                             # continue from the newest in log/
 
-The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B. This file is the part to read; the
-machinery that makes a run robust lives beside it: hardware.py (device, precision, batch fitting, FSDP),
-checkpoint.py (saving, loading and resuming), plot.py (log.txt, wandb), cli.py (flags and one-line errors).
-Importing it defines things and nothing else: sample.py, hellaswag.py and the tests import the model from here.
+The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B. This file is the part
+to read; the machinery that makes a run robust lives beside it and answers its questions: hardware.py
+(which device, precision and batch size; does compile work; FSDP), checkpoint.py (saving, resuming,
+signals), plot.py (log.txt, wandb), cli.py (flags, one-line errors). Importing it defines things.
 """
 
-import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -24,38 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
+import checkpoint
+import cli
+import hardware
 import hellaswag
-from checkpoint import (
-    CheckpointPolicy,
-    Interrupted,
-    StopSignals,
-    checkpoint_paths,
-    checkpoint_to_resume,
-    load_weights,
-    lock_log_dir,
-    restore_training_state,
-    saved_args,
-    training_state,
-)
-from cli import DEVICE_FLAG, DTYPE_FLAG, ArgumentParser, InputError, add_flags, check_at_least, first_line, flag
-from hardware import (
-    fit_to_memory,
-    make_autocast,
-    micro_batch_size,
-    peak_flops,
-    setup_distributed,
-    shard,
-    try_compile,
-    whole_copy,
-)
-from plot import RunLog, import_wandb
-from sample import generate
+import plot
+from cli import InputError, first_line, flag
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
 
-PADDED_VOCAB_SIZE = 50304  # 50257 rounded up to a multiple of 128 so the lm_head matmul tiles evenly on GPUs
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the Hugging Face hub
-# the matmul weights that Hugging Face's GPT-2 keeps in Conv1D layers, stored (in, out): transposed on the way
+PADDED_VOCAB_SIZE = 50304  # 50257 rounded up to a multiple of 128: the lm_head matmul tiles evenly
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the hub
+# the matmul weights that Hugging Face's GPT-2 keeps in Conv1D layers, stored (in, out): transposed
+# on the way
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -64,11 +46,11 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context, in tokens
-    vocab_size: int = GPT2_VOCAB_SIZE  # rows of wte / lm_head; training pads it to PADDED_VOCAB_SIZE
+    vocab_size: int = GPT2_VOCAB_SIZE  # rows of wte and lm_head (padded in training)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    # beyond GPT-2: --recipe modern turns these on (the ones since modded-nanogpt's speedruns); each is also a flag
+    # beyond GPT-2, each also a flag: --recipe modern turns them on (modded-nanogpt's speedruns)
     rope: bool = False  # rotary position embeddings (Su et al. 2021) instead of learned ones (wpe)
     qk_norm: bool = False  # queries and keys RMS-normalized before attention (Dehghani et al. 2023)
     relu2: bool = False  # ReLU² in the MLP (So et al. 2021, Primer) instead of GELU
@@ -76,16 +58,16 @@ class GPTConfig:
     bias: bool = True  # biases in the linear layers and LayerNorms
     tied_head: bool = True  # lm_head shares wte's weights (Press & Wolf 2017)
     zero_init: bool = False  # the residual projections and an untied lm_head start at zero
-    logit_softcap: float = 0.0  # logits squashed to (-cap, cap) by cap·tanh(logits / cap) (Gemma 2); 0: off
+    logit_softcap: float = 0.0  # logits squashed: cap·tanh(logits / cap) (Gemma 2); 0: off
 
 
-# architecture presets: OpenAI's four GPT-2 sizes, plus small ones that train in minutes on a laptop CPU
+# architecture presets: OpenAI's four GPT-2 sizes, and small ones that train in minutes on a laptop
 MODEL_PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),  # 16M, 13M of it the token embedding
+    "mini": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),  # 16M, 13M of it embeddings
     "micro": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3.3M: smoke tests
 }
 
@@ -97,9 +79,9 @@ def layer_norm(config):
 
 
 def rotary(pos, head_size, base=10000.0):
-    """cos and sin (T, head_size) of rotary embeddings: pair (i, i + head_size/2) of each query and key turns by the
-    angle pos·base^(-2i/head_size), so that their dot product depends on the distance between them alone."""
-    inv_freq = base ** -(torch.arange(0, head_size, 2, device=pos.device, dtype=torch.float32) / head_size)
+    """(cos, sin) (T, head_size) of rotary embeddings: pair (i, i + head_size/2) of a query or key
+    turns by pos·base^(-2i/head_size), so that dot products depend on distances alone."""
+    inv_freq = base ** -(torch.arange(0, head_size, 2, device=pos.device).float() / head_size)
     angles = pos.float()[:, None] * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
@@ -120,16 +102,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.RESIDUAL_SCALE_INIT = True
         self.n_head, self.n_embd, self.qk_norm = config.n_head, config.n_embd, config.qk_norm
 
-    def forward(self, x, rotary=None, kv_cache=None):
+    def forward(self, x, cos_sin=None, kv_cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if self.qk_norm:  # unit-RMS queries and keys: the attention logits cannot grow without bound
+        # (B, nh, T, hs): each head attends on its own
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # unit-RMS queries and keys: attention logits cannot grow without bound
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
+        if cos_sin is not None:
+            q, k = rotate(q, *cos_sin), rotate(k, *cos_sin)
         mask = None
-        if kv_cache is not None:  # generation (sample.py): every cached key and value, and which each query sees
+        if kv_cache is not None:  # generation: all cached keys and values, and what each query sees
             k, v, mask = kv_cache.update(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -157,10 +140,38 @@ class Block(nn.Module):
         self.ln_2 = layer_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotary=None, kv_cache=None):
-        # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual stream
-        x = x + self.attn(self.ln_1(x), rotary, kv_cache)
+    def forward(self, x, cos_sin=None, kv_cache=None):
+        # pre-LayerNorm (GPT-2 moved the norms in front of each sublayer) keeps a clean residual
+        # stream
+        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """One layer's keys and values during generation, in buffers as long as the context. The new
+    tokens go to the slots from `pos` on, a (1,) tensor all layers share and generate() sets: every
+    one-token step then has the same shapes and reads no changing Python number, so torch.compile
+    captures it once (a CUDA graph with mode="reduce-overhead"). Attention covers every slot, a mask
+    hiding those after each query's position."""
+
+    def __init__(self, pos, block_size, static_address=False):
+        self.pos, self.block_size, self.static_address = pos, block_size, static_address
+        self.k = self.v = None  # allocated on first use, in the dtype autocast gives the keys
+
+    def update(self, k, v):
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            # zeros, not empty: a hidden slot still enters the matmuls, and its weight 0 times a nan
+            # would be nan
+            self.k, self.v = (k.new_zeros(B, nh, self.block_size, hs) for _ in range(2))
+            if self.static_address:  # a CUDA graph is skipped if it writes to an unmarked input
+                for buffer in (self.k, self.v):
+                    torch._dynamo.mark_static_address(buffer)
+        pos = self.pos + torch.arange(T, device=self.pos.device)
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        mask = torch.arange(self.block_size, device=pos.device) <= pos[:, None]  # slots seen
+        return self.k, self.v, mask
 
 
 class GPT(nn.Module):
@@ -177,19 +188,21 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tied_head:
-            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2 (Press & Wolf 2017)
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "RESIDUAL_SCALE_INIT", False):
-                # GPT-2 paper: scale the residual projections by 1/sqrt(N), N = 2 additions per layer
+                # GPT-2 paper: scale the residual projections by 1/sqrt(N), N = 2 additions per
+                # layer
                 std *= (2 * self.config.n_layer) ** -0.5
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
-            # zero_init: each block starts as the identity, and the untied head predicts uniformly (modded-nanogpt)
+            # zero_init: each block starts as the identity, and the untied head predicts uniformly
+            # (modded-nanogpt)
             untied_head = module is self.lm_head and not self.config.tied_head
             if self.config.zero_init and (hasattr(module, "RESIDUAL_SCALE_INIT") or untied_head):
                 torch.nn.init.zeros_(module.weight)
@@ -197,25 +210,25 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None):
-        """The final LayerNorm's output (B, T, n_embd), which logits() turns into logits: scorers (hellaswag.py) and
-        generation (sample.py) compute logits only where they need them, the head's 50304 columns being most of
-        the cost."""
+        """The final norm's output (B, T, n_embd): scorers and generate() apply logits() only where
+        they need logits, the head's 50304 columns being most of the cost."""
         T = idx.size(1)
-        assert T <= self.config.block_size, f"sequence of {T} exceeds block_size {self.config.block_size}"
-        # generation's cache holds where its tokens go in a tensor: a compiled decode step then reads no changing int
-        pos = kv_cache[0].positions(T) if kv_cache else torch.arange(T, device=idx.device)
-        x, angles = self.transformer.wte(idx), None
+        assert T <= self.config.block_size, f"{T} tokens exceed block_size {self.config.block_size}"
+        pos = torch.arange(T, device=idx.device)
+        if kv_cache:  # where generation's tokens go: a tensor, no int for a compiled step to read
+            pos = pos + kv_cache[0].pos
+        x, cos_sin = self.transformer.wte(idx), None
         if self.config.rope:
-            angles = rotary(pos, self.config.n_embd // self.config.n_head)
+            cos_sin = rotary(pos, self.config.n_embd // self.config.n_head)
         else:
             x = x + self.transformer.wpe(pos)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, angles, kv_cache[i] if kv_cache else None)
+            x = block(x, cos_sin, kv_cache[i] if kv_cache else None)
         return self.transformer.ln_f(x)
 
     def logits(self, hidden):
         logits = self.lm_head(hidden)
-        if cap := self.config.logit_softcap:  # in float32: tanh flattens close values that bf16 would round
+        if cap := self.config.logit_softcap:  # in float32: tanh flattens values bf16 would round
             logits = cap * torch.tanh(logits.float() / cap)
         return logits
 
@@ -224,35 +237,37 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-            # training backpropagates the loss alone; logits that required grad would make a compiled
-            # backward fill and add a zero gradient of their full (B, T, 50304) size: a tenth of a CPU step
+            # training backpropagates the loss alone; logits that required grad would make a
+            # compiled backward fill and add a zero gradient of their full (B, T, 50304) size: a
+            # tenth of a CPU step
             logits = logits.detach()
         return logits, loss
 
     def num_params(self, non_embedding=False):
-        """Parameters, a tied wte/lm_head counted once; non_embedding leaves out the lookup tables (wpe, and an
-        untied wte), which cost no FLOPs."""
+        """Parameters, a tied wte/lm_head counted once; non_embedding leaves out the lookup tables
+        (wpe, and an untied wte), which cost no FLOPs."""
         n = sum(p.numel() for p in self.parameters())
         tables = [] if self.config.tied_head else [self.transformer.wte]
         tables += [self.transformer.wpe] if "wpe" in self.transformer else []
         return n - sum(t.weight.numel() for t in tables) if non_embedding else n
 
     def flops_per_token(self, T):
-        """Training FLOPs per token (PaLM paper, appendix B): 6 per weight plus attention's 12·L·H·Q·T."""
-        return 6 * self.num_params(non_embedding=True) + 12 * self.config.n_layer * self.config.n_embd * T
+        """Training FLOPs per token (PaLM, appendix B): 6 per weight, 12·L·H·Q·T for attention."""
+        L, H = self.config.n_layer, self.config.n_embd
+        return 6 * self.num_params(non_embedding=True) + 12 * L * H * T
 
     @classmethod
     def from_pretrained(cls, name_or_path, check=lambda config: None):
-        """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl, downloads) or a save_pretrained folder.
-        check(config) may refuse the architecture before the weights load."""
+        """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl) or a save_pretrained
+        folder. check(config) may refuse the architecture before the weights load."""
         local = Path(name_or_path).is_dir()
         if not local and name_or_path not in GPT2_NAMES:
             raise InputError(
                 f"from_pretrained: {name_or_path!r} is neither a local folder nor one of {', '.join(GPT2_NAMES)}"
             )
-        from transformers import AutoConfig, GPT2LMHeadModel  # slow to import: only once the name is known to be good
+        from transformers import AutoConfig, GPT2LMHeadModel  # slow to import: only now
 
-        try:  # the config first, one small file: another architecture is refused before its weights load
+        try:  # the config first, a small file: another architecture is refused before its weights
             hc = AutoConfig.from_pretrained(name_or_path)
             activation = getattr(hc, "activation_function", None)
             plain = hc.model_type == "gpt2" and activation == "gelu_new"
@@ -272,7 +287,8 @@ class GPT(nn.Module):
             raise InputError(f"from_pretrained: cannot load {name_or_path!r} ({first_line(e)}); {fix}")
         model = cls(config)
         sd = model.state_dict()
-        sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        buffers = (".attn.bias", ".attn.masked_bias")  # old transformers' causal masks
+        sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith(buffers)}
         assert set(sd_hf) == set(sd), f"unexpected keys: {set(sd_hf) ^ set(sd)}"
         with torch.no_grad():
             for k, v in sd_hf.items():
@@ -281,77 +297,93 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        """Our GPT from a training checkpoint: a model_*.pt file, or a log dir (its newest checkpoint)."""
-        path, checkpoint = load_weights(path, device)
-        try:  # a config GPTConfig does not know, or weights of other names or shapes: written by something else
-            model = cls(GPTConfig(**checkpoint["config"])).to(device)
-            model.load_state_dict(checkpoint["model"])
+        """Our GPT from a training checkpoint: a model_*.pt file, or a log dir (its newest)."""
+        path, saved = checkpoint.load_weights(path, device)
+        try:  # another program's: a config GPTConfig does not know, weights of other shapes
+            model = cls(GPTConfig(**saved["config"])).to(device)
+            model.load_state_dict(saved["model"])
         except (TypeError, ValueError, RuntimeError) as e:
             why = first_line(e)
             raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({why})")
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, device_type, muon_lr=None, embed_lr=None):
-        """AdamW (GPT-2's recipe); with muon_lr, Muon for the blocks' matrices and AdamW for the rest, embed_lr
-        (default learning_rate) that of the embeddings. Each group's "lr" is its peak, which the schedule scales."""
+        """[AdamW] (GPT-2's recipe); with muon_lr [Muon, AdamW]: Muon for the blocks' matrices,
+        AdamW for the rest, embed_lr (default learning_rate) for the embeddings. Each group's
+        "initial_lr" is its peak, which the schedule scales into its "lr"."""
         params = [p for p in self.parameters() if p.requires_grad]
         matrices = [p for p in self.transformer.h.parameters() if p.dim() == 2] if muon_lr else []
         embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
-        tables = [p for p in embeddings if p is not self.lm_head.weight] if muon_lr else []  # a tied one: the head's
+        # the embeddings (a tied one is the head's) go to AdamW at embed_lr
+        tables = [p for p in embeddings if p is not self.lm_head.weight] if muon_lr else []
         rest = [p for p in params if all(p is not q for q in matrices + tables)]
-        # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3 paper)
+        # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3
+        # paper)
         groups = [
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ]
         if muon_lr:
             groups.append({"params": tables, "weight_decay": weight_decay, "lr": embed_lr or learning_rate})
-        fused = device_type in ("cuda", "cpu")  # one kernel for all parameters instead of one per tensor
+        fused = device_type in ("cuda", "cpu")  # one kernel for all parameters, not one per tensor
         groups = [group for group in groups if group["params"]]
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
-        if not muon_lr:
-            return adamw
-        # Muon steps each hidden matrix along its momentum orthogonalized (Jordan et al. 2024, torch's defaults:
-        # momentum 0.95, Nesterov, 5 Newton-Schulz iterations); an embedding's rows are lookups, not a matrix
-        return MuonAdamW(torch.optim.Muon(matrices, lr=muon_lr, weight_decay=0.0), adamw)
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)]
+        if muon_lr:
+            # Muon steps each hidden matrix along its momentum orthogonalized (Jordan et al. 2024,
+            # torch's defaults: momentum 0.95, Nesterov, 5 Newton-Schulz iterations); an embedding's
+            # rows are lookups, not a matrix
+            optimizers.insert(0, torch.optim.Muon(matrices, lr=muon_lr, weight_decay=0.0))
+        for group in (group for optimizer in optimizers for group in optimizer.param_groups):
+            group["initial_lr"] = group["lr"]
+        return optimizers
 
+    @torch.no_grad()
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, stream=None, cache=True, compile=False
+    ):
+        """idx (B, T) with max_new_tokens sampled tokens appended to each row; top_k=1 is greedy
+        decoding. Padded vocabulary ids are never sampled. stream, if given, gets each step's new
+        tokens (B, 1) as they are sampled. cache=False recomputes the whole context for every token
+        (benchmarks); compile=True compiles the one-token steps (not the prompt's forward, which
+        runs once): their shapes never change, so they compile once, and on a GPU
+        mode="reduce-overhead" replays each as a CUDA graph, one launch for the ~200 kernels of a
+        token (on a CPU the mode changes nothing)."""
+        block_size = self.config.block_size
 
-class MuonAdamW:
-    """Muon and AdamW as one optimizer to the training loop, the gradient scaler and the checkpoint: their
-    param_groups (Muon's first), zero_grad and step, and one state dict numbered as a single optimizer's."""
+        def next_logits(idx, kv_cache):  # float32 scores of the next token: the head at the end
+            return self.logits(self.hidden_states(idx, kv_cache)[:, -1, :])[:, :GPT2_VOCAB_SIZE].float()
 
-    def __init__(self, muon, adamw):
-        self.muon, self.adamw = muon, adamw
-        self.n_muon = sum(len(group["params"]) for group in muon.param_groups)
-
-    @property
-    def param_groups(self):
-        return self.muon.param_groups + self.adamw.param_groups
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none)
-        self.adamw.zero_grad(set_to_none)
-
-    def step(self):
-        self.muon.step()
-        self.adamw.step()
-
-    def state_dict(self):
-        muon, adamw = self.muon.state_dict(), self.adamw.state_dict()
-        groups = [{**g, "params": [i + self.n_muon for i in g["params"]]} for g in adamw["param_groups"]]
-        state = {**muon["state"], **{i + self.n_muon: s for i, s in adamw["state"].items()}}
-        return {"state": state, "param_groups": muon["param_groups"] + groups}
-
-    def load_state_dict(self, state_dict):
-        k, n = len(self.muon.param_groups), self.n_muon
-        groups, state = state_dict["param_groups"], state_dict["state"]
-        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError("the saved optimizer has other parameter groups")
-        self.muon.load_state_dict({"state": {i: s for i, s in state.items() if i < n}, "param_groups": groups[:k]})
-        adamw_groups = [{**g, "params": [i - n for i in g["params"]]} for g in groups[k:]]
-        self.adamw.load_state_dict(
-            {"state": {i - n: s for i, s in state.items() if i >= n}, "param_groups": adamw_groups}
-        )
+        decode_step = next_logits
+        if compile:
+            decode_step = torch.compile(next_logits, mode="reduce-overhead", dynamic=False, fullgraph=True)
+        pos = torch.zeros(1, dtype=torch.long, device=idx.device)
+        kv_cache = [KVCache(pos, block_size, compile) for _ in self.transformer.h] if cache else None
+        cached = 0  # slots filled: an int beside the tensor pos, read without waiting for the device
+        for _ in range(max_new_tokens):
+            if kv_cache is not None and 0 < cached < block_size:
+                pos.fill_(cached)
+                # a copy: the view idx[:, -1:] has a stride that grows every step, and a compiled
+                # step would recompile
+                logits = decode_step(idx[:, -1:].clone(memory_format=torch.contiguous_format), kv_cache)
+                cached += 1
+            else:
+                # (re)fill the cache from the last block_size tokens: once the window slides, every
+                # token's absolute position changes, so its cached keys are stale
+                context = idx[:, -block_size:]
+                pos.zero_()
+                logits = next_logits(context, kv_cache)
+                cached = context.size(1)
+            logits = logits / temperature
+            candidates = None
+            if top_k is not None:  # the k most likely alone: softmax and sampling over k, not 50257
+                logits, candidates = torch.topk(logits, min(top_k, logits.size(-1)))
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            if candidates is not None:
+                idx_next = candidates.gather(-1, idx_next)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if stream is not None:
+                stream(idx_next)
+        return idx
 
 
 # -----------------------------------------------------------------------------
@@ -364,11 +396,12 @@ def load_shard(path):
     except OSError as e:
         raise InputError(f"shard {path} cannot be read ({e})")
     except (ValueError, EOFError):
-        raise InputError(f"shard {path} is not a .npy array (truncated, or another format); {rewrite}")
+        raise InputError(f"shard {path} is not a .npy array (truncated, or not one); {rewrite}")
     if tokens.ndim != 1 or tokens.dtype != np.uint16:
         kind = f"a {tokens.dtype} array of shape {tokens.shape}"
         raise InputError(f"shard {path} holds {kind}, expected 1-D uint16 tokens; {rewrite}")
-    # checked up front (a second or so per GB) so a bad shard stops the run before it writes anything
+    # checked up front (a second or so per GB) so a bad shard stops the run before it writes
+    # anything
     if len(tokens) and (largest := int(tokens.max())) >= GPT2_VOCAB_SIZE:
         raise InputError(
             f"shard {path} holds token id {largest}, but GPT-2 has {GPT2_VOCAB_SIZE} tokens: it was not written by"
@@ -378,13 +411,13 @@ def load_shard(path):
 
 
 class DataLoaderLite:
-    """Batches of (B, T) tokens from the shards of one split, read as one endless stream: the split's shards end
-    to end, epoch after epoch (train shards in a new seeded order each epoch). Every micro-step consumes B·T·world_size
-    tokens and rank r reads the r-th B·T slice of them (+1 token for the last target), so one rank accumulating
-    k micro-steps sees exactly the tokens of k ranks."""
+    """Batches of (B, T) tokens from one split's shards, read end to end as an endless stream.
+    Each micro-step consumes B·T·world_size tokens, rank r the r-th B·T slice (+1 for the last
+    target): one rank accumulating k micro-steps sees exactly the tokens of k ranks."""
 
     def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0):
-        self.B, self.T, self.rank, self.world_size, self.shuffle, self.seed = B, T, rank, world_size, shuffle, seed
+        self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
         paths = sorted(Path(data_dir).glob(f"*_{split}_*.npy"))
         if not paths:
             raise InputError(
@@ -394,13 +427,9 @@ class DataLoaderLite:
         self.shards = [load_shard(p) for p in paths]
         self.total_tokens = sum(len(s) for s in self.shards)
         if self.total_tokens < 2:
-            raise InputError(f"the {split} shards in {data_dir} hold {self.total_tokens} tokens: too few to train on")
+            n = self.total_tokens
+            raise InputError(f"the {split} shards in {data_dir} hold {n} tokens: too few to train on")
         self.position = 0  # tokens of the stream consumed by all ranks together
-
-    def _order(self, epoch):
-        if not self.shuffle:
-            return np.arange(len(self.shards))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
 
     def read(self, position, n):
         """n tokens of the stream starting at position, crossing shard and epoch boundaries."""
@@ -408,7 +437,9 @@ class DataLoaderLite:
         filled = 0
         while filled < n:
             epoch, offset = divmod(position + filled, self.total_tokens)
-            order = self._order(epoch)
+            order = np.arange(len(self.shards))
+            if self.shuffle:  # the train shards in a new order every epoch, seeded
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
             ends = np.cumsum([len(self.shards[i]) for i in order])
             k = int(np.searchsorted(ends, offset, side="right"))  # the shard holding `offset`
             start = offset - (ends[k] - len(self.shards[order[k]]))
@@ -440,108 +471,329 @@ class DataLoaderLite:
 
 
 # -----------------------------------------------------------------------------
-# training configuration: its fields are the command-line flags, and --recipe sets some of their defaults
+# the recipe: the training configuration (its fields are the flags, --recipe sets some defaults),
+# the optimizers (GPT.configure_optimizers) and the learning-rate schedule
 RECIPES = {
-    "gpt2": {},  # the defaults below: GPT-2's architecture, trained as build-nanogpt does (GPT-3's AdamW and schedule)
-    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the learning rates: the best of a grid
-    # at a small scale (bench.py --only recipes, docs/performance.md), the soft-cap Gemma 2's order of magnitude
+    # the defaults below: GPT-2, trained as build-nanogpt does (GPT-3's AdamW and schedule)
+    "gpt2": {},
+    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the learning rates:
+    # the best of a grid at a small scale (tools/bench.py --only recipes, docs/performance.md), the
+    # soft-cap Gemma 2's order of magnitude
     "modern": dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
     | dict(logit_softcap=15.0, muon_lr=0.04, embed_lr=0.012, max_lr=0.006, warmup_steps=10, schedule="wsd"),
 }
-WSD_DECAY = 0.4  # the fraction of the steps over which --schedule wsd decays linearly to zero (modded-nanogpt's)
+WSD_DECAY = 0.4  # the share of the steps --schedule wsd decays over (modded-nanogpt's)
 
 
 @dataclass
 class TrainConfig:
     data_dir: str = flag("edu_fineweb10B", "folder of uint16 token shards written by fineweb.py")
-    log_dir: str | None = flag(None, "where log.txt and the checkpoints go (default: log/<run_name>, or log)")
-    run_name: str | None = flag(None, "a name for this run: its log dir (unless --log_dir is given) and its wandb name")
-    model: str | None = flag(
-        None,
-        "architecture preset (default: gpt2, or the weights' with --init_from or --resume)",
-        choices=[*MODEL_PRESETS],
-    )
+    log_dir: str | None = flag(None, "for log.txt and checkpoints (default: log/<run_name>)")
+    run_name: str | None = flag(None, "names the log dir (default of --log_dir) and the wandb run")
+    model: str | None = flag(None, "preset (default: gpt2)", choices=[*MODEL_PRESETS])
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
-    recipe: str = flag(
-        "gpt2",
-        "gpt2: GPT-2's, as build-nanogpt trains it; modern: the defaults of RECIPES['modern']",
-        choices=[*RECIPES],
-    )
-    rope: bool | None = flag(None, "rotary position embeddings instead of learned ones (default: off, or the weights')")
-    qk_norm: bool | None = flag(None, "RMS-normalize queries and keys (default: off, or the weights')")
-    relu2: bool | None = flag(None, "ReLU² in the MLP instead of GELU (default: off, or the weights')")
-    rmsnorm: bool | None = flag(None, "RMSNorm instead of LayerNorm (default: off, or the weights')")
-    bias: bool | None = flag(None, "biases in the linear layers and LayerNorms (default: on, or the weights')")
-    tied_head: bool | None = flag(None, "lm_head tied to the token embedding (default: on, or the weights')")
-    zero_init: bool | None = flag(None, "start the residual projections and an untied head at zero (default: off)")
-    logit_softcap: float | None = flag(None, "cap the logits smoothly at ± this (default: 0, off, or the weights')")
-    init_from: str | None = flag(
-        None,
-        "start from these weights, with a fresh optimizer: gpt2 ... gpt2-xl (downloaded), a save_pretrained folder,"
-        " or one of our checkpoints (model_*.pt, or a log dir: its newest)",
-    )
-    batch_size: int | None = flag(
-        None,
-        "B: sequences per micro-step per process (default: 64, or the largest power of two dividing the step's"
-        " sequences; on a GPU then halved until a step fits; on a resume the run's)",
-    )
+    recipe: str = flag("gpt2", "build-nanogpt's, or modern: RECIPES", choices=[*RECIPES])
+    # the switches beyond GPT-2 (a run from weights: theirs)
+    rope: bool | None = flag(None, "rotary positions, not learned (default: off)")
+    qk_norm: bool | None = flag(None, "RMS-normalize queries and keys (default: off)")
+    relu2: bool | None = flag(None, "ReLU² in the MLP instead of GELU (default: off)")
+    rmsnorm: bool | None = flag(None, "RMSNorm instead of LayerNorm (default: off)")
+    bias: bool | None = flag(None, "biases in the linear layers and LayerNorms (default: on)")
+    tied_head: bool | None = flag(None, "lm_head tied to the token embedding (default: on)")
+    zero_init: bool | None = flag(None, "zero-init projections, head (default: off)")
+    logit_softcap: float | None = flag(None, "cap the logits smoothly at ± this (default: 0, off)")
+    init_from: str | None = flag(None, "weights: gpt2 ... gpt2-xl, an HF folder, ours")
+    batch_size: int | None = flag(None, "B per process (default: 64 or less, fitted)")
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
-    total_batch_size: int = flag(
-        524288, "tokens per optimizer step (2**19, ~0.5M, GPT-3 small's); accumulation makes up B·T"
-    )
-    max_lr: float = flag(6e-4, "peak learning rate (GPT-3 small's) of AdamW, of all but --muon_lr's matrices")
-    muon_lr: float | None = flag(None, "Muon at this peak lr for the blocks' matrices (default: none, AdamW for all)")
-    embed_lr: float | None = flag(None, "with --muon_lr, AdamW's peak lr for the embeddings (default: --max_lr)")
+    total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, GPT-3 small's)")
+    max_lr: float = flag(6e-4, "AdamW's peak learning rate (GPT-3 small's)")
+    muon_lr: float | None = flag(None, "Muon's peak lr for the blocks' matrices (default: off)")
+    embed_lr: float | None = flag(None, "with Muon, the embeddings' lr (default: --max_lr)")
     schedule: str = flag(
-        "cosine",
-        "cosine: decay to 10%% of the peak (GPT-3); wsd: constant, then linear decay to 0",
-        choices=["cosine", "wsd"],
+        "cosine", "cosine: to 10%% of the peak (GPT-3); wsd: flat, then linear to 0", choices=["cosine", "wsd"]
     )
     warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
-    max_steps: int = flag(19073, "optimizer steps (19073 x 524288 tokens = 10B tokens, one epoch of FineWeb-Edu 10B)")
+    max_steps: int = flag(19073, "optimizer steps (x 524288 tokens: 10B, an epoch)")
     weight_decay: float = flag(0.1, "AdamW weight decay on matmul weights and embeddings")
     grad_clip: float = flag(1.0, "clip the global gradient norm to this")
     eval_interval: int = flag(250, "steps between validation runs (0: only at the end)")
     val_tokens: int = flag(10485760, "tokens of the val split to evaluate, all processes together")
     hellaswag_interval: int = flag(250, "steps between HellaSwag scorings (0: never)")
-    hellaswag_limit: int | None = flag(None, "score only the first N HellaSwag val examples (default: all 10,042)")
-    hellaswag_dir: str | None = flag(None, "folder of hellaswag_val.jsonl, downloaded if missing (default: hellaswag/)")
+    hellaswag_limit: int | None = flag(None, "the first N HellaSwag examples (default: all)")
+    hellaswag_dir: str | None = flag(None, "hellaswag_val.jsonl's folder (default: hellaswag/)")
     sample_interval: int = flag(250, "steps between printed samples (0: never)")
-    checkpoint_interval: int = flag(5000, "steps between checkpoints (one is always written at the end)")
-    checkpoint_minutes: float = flag(30.0, "also save every this many minutes, keeping only the newest (0: never)")
-    keep_checkpoints: int | None = flag(None, "keep the newest N of the interval checkpoints (default: all)")
+    checkpoint_interval: int = flag(5000, "steps between checkpoints (and one at the end)")
+    checkpoint_minutes: float = flag(30.0, "also save every this many minutes (0: never)")
+    keep_checkpoints: int | None = flag(None, "keep the newest N (default: all)")
     resume: bool = flag(False, "continue from the newest checkpoint in --log_dir")
-    compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
-    fsdp: bool = flag(
-        False, "under torchrun: shard weights, gradients and AdamW state (FSDP2) instead of copying (DDP)"
-    )
-    dtype: str = flag(**DTYPE_FLAG)
-    device: str = flag(**DEVICE_FLAG)
+    compile: bool | None = flag(None, "torch.compile the model (default: on for CUDA)")
+    fsdp: bool = flag(False, "under torchrun: shard the state (FSDP2), not copy it")
+    dtype: str = flag(**cli.DTYPE_FLAG)
+    device: str = flag(**cli.DEVICE_FLAG)
     shuffle: bool = flag(True, "visit the train shards in a new seeded order every epoch")
     seed: int = flag(1337, "seed for initialization, shard order and samples")
-    wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)")
+    wandb: bool = flag(False, "also log to Weights & Biases (pip install wandb)")
     wandb_project: str = flag("gpt2-kit", "the wandb project to log to")
 
 
+def get_lr(step, cfg, max_lr=None):
+    """Linear warmup, then cosine decay to 10% of max_lr (default --max_lr) at max_steps (GPT-3,
+    appendix B); or (--schedule wsd) constant after warmup, then linear to 0 over WSD_DECAY."""
+    max_lr = max_lr or cfg.max_lr
+    if step < cfg.warmup_steps:
+        return max_lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        return max_lr * min(1.0, (cfg.max_steps - step) / (WSD_DECAY * cfg.max_steps))
+    min_lr = 0.1 * max_lr
+    if step >= cfg.max_steps:
+        return min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
+    """Mean loss over the val stream's first n_seqs sequences, each rank scoring a share of them."""
+    T, first, last = val_loader.T, rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
+    loss_sum = torch.zeros((), device=device)
+    with torch.no_grad():
+        for i in range(first, last, batch_size):
+            x, y = val_loader.batch_at(i * T, min(batch_size, last - i))
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            loss_sum += loss.float() * y.numel()  # summed, not averaged: uneven shares weigh right
+    if world_size > 1:
+        torch.distributed.all_reduce(loss_sum)
+    return loss_sum.item() / (n_seqs * T)
+
+
+def train(cfg, signals=None):
+    ddp = "RANK" in os.environ  # torchrun starts a process per GPU, with RANK, LOCAL_RANK, WORLD_SIZE
+    rank, local_rank = (int(os.environ.get(k, "0")) for k in ("RANK", "LOCAL_RANK"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = hardware.pick_device(cfg.device, local_rank)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+    if ddp:  # NCCL between GPUs, gloo between CPU processes
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    master = rank == 0  # this process logs, samples and writes the checkpoints
+    log = print if master else lambda *args: None
+
+    # everything that can refuse the run does so before anything is written
+    ckpts = checkpoint.Checkpoints(cfg, functools.partial(check_architecture, cfg), signals, master, device, log)
+    wandb = plot.import_wandb() if cfg.wandb and master else None
+    enc = gpt2_tokenizer() if cfg.sample_interval and master else None
+    hella = hellaswag.load_examples(cfg.hellaswag_dir, "val", cfg.hellaswag_limit) if cfg.hellaswag_interval else None
+    B, T = hardware.micro_batch_size(cfg, ckpts.saved_args.get("batch_size"), world_size), cfg.seq_len
+    train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
+    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
+    val_seqs = val_sequences(cfg, val_loader)
+    # the model in autocast's precision, B fitted to the GPU, compiled, wrapped for DDP
+    dtype, why = hardware.autocast_dtype(cfg.dtype, device)
+    autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
+    raw_model, B = build_model(cfg, ckpts.resumed, B, T, device, autocast, log)
+    model = torch.compile(raw_model) if cfg.compile or (cfg.compile is None and cuda) else raw_model
+    if model is not raw_model and not hardware.compiles(model, B, T, device, autocast, log):
+        model = raw_model  # no compiler here: eager, with the same losses
+    compiled = model is not raw_model
+    if ddp and not cfg.fsdp:
+        model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    cfg.batch_size = train_loader.B = B  # a resume reads it; main's out-of-memory line names it
+    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
+    optimizers = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
+    # float16: the loss scaled up, small gradients do not flush to zero (Micikevicius et al. 2018)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader)
+    start_step, val_loss = ckpts.start(state)  # a resume's state put back; the log dir locked
+    run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, wandb)
+    describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
+
+    for step in range(start_step, cfg.max_steps + 1):
+        due = periodic_work(step, cfg, ckpts.evaluated_step)
+        with hardware.whole_weights(raw_model, cfg.fsdp and bool(due - {"checkpoint"}), GPT) as whole:
+            if "val" in due:
+                scorer = whole if cfg.fsdp else model
+                val_loss = evaluate(scorer, val_loader, val_seqs, B, rank, world_size, device, autocast)
+                run_log.event(step, "val", val_loss)
+            if "hella" in due:  # B // 4 examples of 4 rows per forward: a micro-batch's memory
+                n, _, n_norm = hellaswag.evaluate(whole, hella, T, device, autocast, B // 4 or 1, rank, world_size)
+                run_log.event(step, "hella", n_norm / n)
+            if enc and "sample" in due:
+                print_samples(whole, enc, device, autocast, cfg.seed + step, log)
+        if "checkpoint" in due:
+            ckpts.save(step, val_loss)
+        if step == cfg.max_steps:
+            break
+
+        # one optimizer step, timed on its own
+        t0 = time.perf_counter()
+        raw_model.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum_steps):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if ddp and not cfg.fsdp:  # only the last micro-step's backward all-reduces gradients
+                model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
+            if cfg.fsdp:  # FSDP2's switch for the same: only the last one reduce-scatters them
+                raw_model.set_requires_gradient_sync(micro_step == grad_accum_steps - 1)
+            with autocast:
+                _, loss = model(x, y)
+            loss = loss / grad_accum_steps  # the gradient of the whole batch's mean, not its sum
+            loss_accum += loss.detach()
+            scaler.scale(loss).backward()
+        if ddp:
+            torch.distributed.all_reduce(loss_accum)  # gloo has no AVG: sum, then divide
+            loss_accum /= world_size
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        lr, scale = get_lr(step, cfg), scaler.get_scale()
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:  # the schedule scales each group's own peak
+                group["lr"] = get_lr(step, cfg, group["initial_lr"])
+            scaler.step(optimizer)  # no update if float16 gradients overflowed: the scale falls
+        scaler.update()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        loss_value, norm_value, tok_per_sec = loss_accum.item(), norm.item(), cfg.total_batch_size / dt
+        if not math.isfinite(loss_value):
+            raise diverged(step, loss_value, cfg)
+        mfu = hardware.mfu(raw_model.flops_per_token(T) * tok_per_sec / world_size, device)
+        clock = run_log.step(step, loss_value, lr, norm_value, tok_per_sec, mfu)  # log.txt, wandb
+        line = f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
+        speed = f"tok/sec {tok_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}"
+        log(f"{line} | {speed} | {clock}{float16_note(scaler, scale)}")
+        ckpts.step_done(step + 1, val_loss)  # on a signal or every --checkpoint_minutes: saves
+    run_log.finish()
+
+
+# -----------------------------------------------------------------------------
+# the steps train() names, in its order
+def val_sequences(cfg, val_loader):
+    """The sequences evaluation scores: --val_tokens' worth, or all that the val split holds."""
+    n_tokens, T = val_loader.total_tokens, cfg.seq_len
+    if n_tokens - 1 < T:
+        raise InputError(f"the val split holds {n_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
+    return min(cfg.val_tokens, n_tokens - 1) // T
+
+
+def initial_model(cfg, resumed, log):
+    """A resumed run's architecture (its weights come later), else --init_from's weights (OpenAI's
+    keep their 50257 rows: no padding to change their loss), else a fresh init of --model's."""
+    if resumed is not None:
+        if cfg.init_from:
+            log(f"resuming: --init_from {cfg.init_from} is not used, the checkpoint holds the weights")
+        return GPT(GPTConfig(**resumed["config"]))
+    if cfg.init_from is None:
+        return GPT(make_model_config(cfg))
+    source = Path(cfg.init_from)
+    # one of our checkpoints, or a log dir of them; else a hub name or a save_pretrained folder
+    ours = source.is_file() or (source.is_dir() and checkpoint.checkpoint_paths(source))
+
+    def check(config):
+        check_architecture(cfg, dataclasses.asdict(config), f"--init_from {cfg.init_from}")
+
+    model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from, check)
+    check(model.config)
+    return model
+
+
+def build_model(cfg, resumed, B, T, device, autocast, log):
+    """(raw_model, B): the model a run starts from on its device, sharded by FSDP or not; B fitted
+    to a GPU's memory unless given or resumed."""
+    torch.manual_seed(cfg.seed)
+    raw_model = initial_model(cfg, resumed, log).to(device)
+    if cfg.fsdp:
+        hardware.shard(raw_model)
+    if cfg.batch_size is None and resumed is None and device.type == "cuda":
+        B = hardware.fit_to_memory(raw_model, B, T, device, autocast, cfg.fsdp)
+        log(f"--batch_size {B}: the largest of 64, 32, 16 ... whose step fits this GPU (1: none does)")
+    return raw_model, B
+
+
+def periodic_work(step, cfg, evaluated_step):
+    """The jobs due before optimizer step `step`, each every its interval (0: never); after the last
+    step evaluations and a checkpoint, no sample; at step 0 no checkpoint or sample; nothing at
+    `evaluated_step`, the step a resume starts from whose work ran before it stopped."""
+    if step == evaluated_step:
+        return set()
+    intervals = dict(val=cfg.eval_interval, hella=cfg.hellaswag_interval, sample=cfg.sample_interval)
+    due = {job for job, n in {**intervals, "checkpoint": cfg.checkpoint_interval}.items() if n and step % n == 0}
+    if step == cfg.max_steps:
+        due = (due - {"sample"}) | {"val", "checkpoint"} | ({"hella"} if cfg.hellaswag_interval else set())
+    return due - {"checkpoint", "sample"} if step == 0 else due
+
+
+def describe_run(log, cfg, resume_path, model, precision, train_loader, val_loader):
+    """The run's setup, printed once before the first step."""
+    (device, dtype, why, compiled), world_size = precision, train_loader.world_size
+    source = resume_path or cfg.init_from or cfg.model or "gpt2"
+    log(f"model {source}: {model.num_params():,} parameters, {model.config}")
+    precision = f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why})"
+    log(f"device {device}, {precision}, compile {'on' if compiled else 'off'}, {world_size} process(es)")
+    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
+    share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
+    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
+    B, T = train_loader.B, train_loader.T
+    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
+    steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
+    log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
+    n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
+    log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
+    if cfg.val_tokens > n_val - 1:
+        n_seqs = val_sequences(cfg, val_loader)
+        evaluated = f"evaluating all {n_seqs * T:,} of them"
+        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
+
+
+def print_samples(model, enc, device, autocast, seed, log):
+    """Four continuations of GPT-2's demo prompt, from their own generator: resumes stay exact."""
+    prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast:
+        rows = model.generate(prompt, 32, top_k=50, generator=generator)
+    for i, row in enumerate(rows.tolist()):
+        log(f"sample {i}: {enc.decode(row)!r}")
+
+
+def diverged(step, loss, cfg):
+    return InputError(
+        f"step {step}: the loss is {loss}; training diverged (try a lower --max_lr), the checkpoints in"
+        f" {cfg.log_dir} are untouched"
+    )
+
+
+def float16_note(scaler, scale):
+    """The step line's end under float16: the loss scale, and whether this step was skipped."""
+    if not scaler.is_enabled():
+        return ""
+    skipped = " | skipped: float16 gradients overflowed, scale lowered" if scaler.get_scale() < scale else ""
+    return f" | scale {scale:.0f}{skipped}"
+
+
+# -----------------------------------------------------------------------------
+# the command line: the flags (TrainConfig's fields), their checks, the one-line errors
 POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
-POSITIVE_FLAGS += ["keep_checkpoints"]
-INTERVAL_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval", "checkpoint_interval"]
-INTERVAL_FLAGS += ["checkpoint_minutes", "logit_softcap"]
-SWITCHES = ["rope", "qk_norm", "relu2", "rmsnorm", "bias", "tied_head", "zero_init", "logit_softcap"]  # beyond GPT-2
-ARCHITECTURE_FLAGS = ["n_layer", "n_head", "n_embd", *SWITCHES]
+POSITIVE_FLAGS += ["keep_checkpoints", "n_layer", "n_head", "n_embd"]
+NON_NEGATIVE_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval"]
+NON_NEGATIVE_FLAGS += ["checkpoint_interval", "checkpoint_minutes", "logit_softcap"]
+# GPTConfig's fields that are flags too: --n_layer, --n_head, --n_embd and the switches
+ARCHITECTURE_FLAGS = [f.name for f in dataclasses.fields(GPTConfig) if f.name in TrainConfig.__dataclass_fields__]
+SWITCHES = [k for k in ARCHITECTURE_FLAGS if k not in MODEL_PRESETS["gpt2"]]  # beyond GPT-2
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
-    add_flags(parser, TrainConfig)
-    recipe = ArgumentParser(add_help=False)  # read first, so that --help shows the recipe's defaults
+    parser = cli.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    cli.add_flags(parser, TrainConfig)
+    recipe = cli.ArgumentParser(add_help=False)  # read first: --help shows the recipe's defaults
     recipe.add_argument("--recipe", default="gpt2", choices=[*RECIPES])
-    parser.set_defaults(**RECIPES[recipe.parse_known_args(argv)[0].recipe])  # a flag given still wins
+    parser.set_defaults(**RECIPES[recipe.parse_known_args(argv)[0].recipe])  # a flag given wins
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    check_at_least(parser, cfg, 1, POSITIVE_FLAGS + ["n_layer", "n_head", "n_embd"])
-    check_at_least(parser, cfg, 0, INTERVAL_FLAGS)
+    cli.check_at_least(parser, cfg, 1, POSITIVE_FLAGS)
+    cli.check_at_least(parser, cfg, 0, NON_NEGATIVE_FLAGS)
     if cfg.val_tokens < cfg.seq_len:
         parser.error(f"--val_tokens {cfg.val_tokens} is less than one sequence of --seq_len {cfg.seq_len}")
     if cfg.max_lr <= 0 or cfg.grad_clip <= 0 or cfg.weight_decay < 0:
@@ -576,7 +828,7 @@ def check_model_config(parser, model_config, args):
 
 
 def asked_architecture(cfg, default=None):
-    """The architecture the flags ask for: --model's preset (or default's), --n_layer, --n_head, --n_embd over it."""
+    """The architecture the flags ask for: --model's preset (or default's), the flags over it."""
     overrides = {k: getattr(cfg, k, None) for k in ARCHITECTURE_FLAGS if getattr(cfg, k, None) is not None}
     return {**MODEL_PRESETS.get(cfg.model or default, {}), **overrides}
 
@@ -585,8 +837,8 @@ def make_model_config(cfg):
     return GPTConfig(**asked_architecture(cfg, default="gpt2"), vocab_size=PADDED_VOCAB_SIZE)
 
 
-def check_architecture(config, cfg, source):
-    """The architecture flags given (--model, --n_layer, ...) must be those of the weights a run starts from."""
+def check_architecture(cfg, config, source):
+    """The architecture flags given (--model, --n_layer, ...) must match the weights'."""
     if not isinstance(config, dict) or set(config) - {f.name for f in dataclasses.fields(GPTConfig)}:
         raise InputError(f"{source} holds no GPTConfig ({config!r}): it was not written by train_gpt2.py")
     if (vocab := config.get("vocab_size", GPT2_VOCAB_SIZE)) < GPT2_VOCAB_SIZE:  # the data's ids would index past it
@@ -603,258 +855,6 @@ def check_architecture(config, cfg, source):
             f"--seq_len {cfg.seq_len} exceeds the block_size {block_size} of {source}: pass --seq_len {block_size}"
             " or less"
         )
-
-
-def get_lr(step, cfg, max_lr=None):
-    """Linear warmup, then cosine decay to 10% of max_lr (default --max_lr) at max_steps (GPT-3 paper, appendix B);
-    or (--schedule wsd) warmup, constant, then a linear decay to zero over the last WSD_DECAY of the steps."""
-    max_lr = max_lr or cfg.max_lr
-    if step < cfg.warmup_steps:
-        return max_lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "wsd":
-        return max_lr * min(1.0, (cfg.max_steps - step) / (WSD_DECAY * cfg.max_steps))
-    min_lr = 0.1 * max_lr
-    if step >= cfg.max_steps:
-        return min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
-# -----------------------------------------------------------------------------
-# the training script: setup in named steps, then the loop
-def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
-    """Mean loss over the first n_seqs sequences of the val stream; each rank scores a contiguous share."""
-    T, first, last = val_loader.T, rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
-    loss_sum = torch.zeros((), device=device)
-    with torch.no_grad():
-        for i in range(first, last, batch_size):
-            x, y = val_loader.batch_at(i * T, min(batch_size, last - i))
-            with autocast:
-                _, loss = model(x.to(device), y.to(device))
-            loss_sum += loss.float() * y.numel()  # summed, not averaged, so uneven shares weigh right
-    if world_size > 1:
-        torch.distributed.all_reduce(loss_sum)
-    return loss_sum.item() / (n_seqs * T)
-
-
-def initial_model(cfg, checkpoint, log):
-    """The model a run starts from: a resumed run's architecture (restore_training_state loads its weights), else
-    --init_from's weights and architecture (OpenAI's keep their 50257 rows: no padding to change their loss), else a
-    fresh init of --model's."""
-    if checkpoint is not None:
-        if cfg.init_from:
-            log(f"resuming: --init_from {cfg.init_from} is not used, the checkpoint holds the weights")
-        return GPT(GPTConfig(**checkpoint["config"]))
-    if cfg.init_from is None:
-        return GPT(make_model_config(cfg))
-    source = Path(cfg.init_from)
-    ours = source.is_file() or (source.is_dir() and checkpoint_paths(source))  # else a hub name or HF folder
-
-    def check(config):
-        check_architecture(dataclasses.asdict(config), cfg, f"--init_from {cfg.init_from}")
-
-    model = GPT.from_checkpoint(source) if ours else GPT.from_pretrained(cfg.init_from, check)
-    check(model.config)
-    return model
-
-
-def periodic_work(step, cfg, resumed_at):
-    """The jobs due before optimizer step `step`: each every its interval (0: never); after the last step an
-    evaluation, HellaSwag (unless never) and a checkpoint; at step 0 no checkpoint or sample of the initial weights;
-    and nothing at the step a resume starts from, where it all ran before the interruption."""
-    if step == resumed_at:
-        return set()
-    intervals = dict(val=cfg.eval_interval, hella=cfg.hellaswag_interval, sample=cfg.sample_interval)
-    due = {job for job, n in {**intervals, "checkpoint": cfg.checkpoint_interval}.items() if n and step % n == 0}
-    if step == cfg.max_steps:
-        due |= {"val", "checkpoint"} | ({"hella"} if cfg.hellaswag_interval else set())
-    return due - {"checkpoint", "sample"} if step == 0 else due
-
-
-def val_sequences(cfg, val_loader):
-    """How many sequences evaluation scores: --val_tokens' worth, or all that the val split holds."""
-    n_tokens, T = val_loader.total_tokens, cfg.seq_len
-    if n_tokens - 1 < T:
-        raise InputError(f"the val split holds {n_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
-    return min(cfg.val_tokens, n_tokens - 1) // T
-
-
-def describe_run(log, cfg, resume_path, model, precision, train_loader, val_loader):
-    """The run's setup, printed once before the first step."""
-    (device, dtype, why, compiled), world_size = precision, train_loader.world_size
-    source = resume_path or cfg.init_from or cfg.model or "gpt2"
-    log(f"model {source}: {model.num_params():,} parameters, {model.config}")
-    autocast = " autocast" if dtype != torch.float32 else ""
-    compile = "on" if compiled else "off"
-    log(f"device {device}, {str(dtype)[6:]}{autocast} ({why}), compile {compile}, {world_size} process(es)")
-    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
-    share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
-    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
-    B, T = train_loader.B, train_loader.T
-    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
-    log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
-    n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
-    log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
-    if cfg.val_tokens > n_val - 1:
-        n_seqs = val_sequences(cfg, val_loader)
-        evaluated = f"evaluating all {n_seqs * T:,} of them"
-        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
-
-
-def print_samples(model, enc, device, autocast, seed, log):
-    """Four continuations of GPT-2's demo prompt, from a generator of their own: the training RNG, and so a resume,
-    stays as it was."""
-    prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with autocast:
-        rows = generate(model, prompt, 32, top_k=50, generator=generator)
-    for i, row in enumerate(rows.tolist()):
-        log(f"sample {i}: {enc.decode(row)!r}")
-
-
-def build_model(cfg, checkpoint, B, T, device, autocast, log):
-    """(raw_model, model, B, compiled): the model a run starts from, on its device, sharded by FSDP or not; B fitted
-    to a GPU's memory unless given; compiled if asked and it works; wrapped for DDP under torchrun."""
-    torch.manual_seed(cfg.seed)
-    raw_model = initial_model(cfg, checkpoint, log).to(device)
-    if cfg.fsdp:
-        shard(raw_model)
-    if cfg.batch_size is None and checkpoint is None and device.type == "cuda":
-        B = fit_to_memory(raw_model, B, T, device, autocast, cfg.fsdp)
-        fitted = "the largest of 64, 32, 16 ... whose forward and backward fit in this GPU's memory (1: none does)"
-        log(f"--batch_size {B}: {fitted}")
-    model = raw_model
-    if cfg.compile if cfg.compile is not None else device.type == "cuda":
-        model = try_compile(raw_model, B, T, device, autocast, log)
-    compiled = model is not raw_model
-    if torch.distributed.is_initialized() and not cfg.fsdp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    return raw_model, model, B, compiled
-
-
-def train(cfg, signals=None):
-    rank, local_rank, world_size, device = setup_distributed(cfg.device)
-    ddp, master = torch.distributed.is_initialized(), rank == 0
-    log = print if master else lambda *args, **kwargs: None
-
-    # everything that can refuse the run does so before anything is written
-    log_dir = Path(cfg.log_dir)
-    resume_path, checkpoint = checkpoint_to_resume(log_dir, cfg.resume, lambda c, p: check_architecture(c, cfg, p), log)
-    wandb = import_wandb() if cfg.wandb and master else None
-    enc = gpt2_tokenizer() if cfg.sample_interval and master else None  # rank 0 prints the samples
-    if cfg.hellaswag_interval:
-        hella_examples = hellaswag.load_examples(cfg.hellaswag_dir or hellaswag.DATA_DIR, "val", cfg.hellaswag_limit)
-    B, T = micro_batch_size(cfg, saved_args(checkpoint).get("batch_size"), world_size), cfg.seq_len
-    train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
-    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
-    val_seqs = val_sequences(cfg, val_loader)
-
-    # the model in its precision, its micro-batch fitted to the GPU, compiled, wrapped for DDP; the optimizer
-    autocast, dtype, why = make_autocast(cfg.dtype, device)
-    raw_model, model, B, compiled = build_model(cfg, checkpoint, B, T, device, autocast, log)
-    cfg.batch_size = train_loader.B = B  # main's out-of-memory line names it
-    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
-    peak_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's own
-    # float16's range ends at 65504: the loss is scaled up so small gradients do not flush to zero, and a step whose
-    # gradients overflowed is skipped with a smaller scale (Micikevicius et al. 2018, mixed precision training)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_step, val_loss = 0, None
-    if checkpoint is not None:
-        state = (raw_model, optimizer, scaler, train_loader, device, local_rank, cfg, log)
-        start_step, val_loss = restore_training_state(resume_path, checkpoint, *state)
-    lock = lock_log_dir(log_dir) if master else None  # noqa: F841  held while the run lasts: one run per log dir
-    run_log = RunLog(log_dir if master else None, checkpoint, cfg, wandb)
-    rolling = checkpoint is not None and not checkpoint.get("evaluated", True)  # a time-based or signal one
-    policy = CheckpointPolicy(cfg, signals, master, device, resume_path if rolling else None)
-
-    def save(step, evaluated=True):  # every rank: under FSDP the state is gathered
-        state = (raw_model, optimizer, scaler, train_loader, device, cfg, run_log.wandb_run)
-        return policy.save(step, {**training_state(step, val_loss, *state, keep=master), "evaluated": evaluated})
-
-    describe_run(log, cfg, resume_path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
-    flops_per_step, peak = raw_model.flops_per_token(T) * cfg.total_batch_size, peak_flops(device)
-    # the evaluations at the step a resume starts from ran before the interruption, unless a signal saved it first
-    resumed_at = start_step if checkpoint is not None and not rolling else None
-
-    for step in range(start_step, cfg.max_steps + 1):
-        due = periodic_work(step, cfg, resumed_at)
-        # under FSDP on a whole copy of the weights, held meanwhile: ranks score different numbers of batches, rank 0
-        # alone samples, and generation calls hidden_states and lm_head, which FSDP's forward hooks do not gather
-        whole = whole_copy(raw_model, GPT) if cfg.fsdp and due - {"checkpoint"} else None
-        if "val" in due:
-            val_loss = evaluate(whole or model, val_loader, val_seqs, B, rank, world_size, device, autocast)
-            run_log.event(step, "val", val_loss)
-        if "hella" in due:
-            # B // 4 examples of 4 rows per forward: about a training micro-batch's memory
-            scoring = (T, device, autocast, max(1, B // 4), rank, world_size)
-            n, _, n_correct_norm = hellaswag.evaluate(whole or raw_model, hella_examples, *scoring)
-            run_log.event(step, "hella", n_correct_norm / n)
-        if due & {"val", "hella"}:
-            run_log.plot()
-        if "checkpoint" in due:
-            save(step)
-        if step == cfg.max_steps:
-            break
-        if enc and "sample" in due:
-            print_samples(whole or raw_model, enc, device, autocast, cfg.seed + step, log)
-        whole = None  # its memory is the step's
-
-        # one optimizer step, timed on its own
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # DDP decides in forward whether the backward all-reduces: only the last micro-step syncs
-            sync = not ddp or micro_step == grad_accum_steps - 1
-            if cfg.fsdp:  # FSDP2's no_sync, set before the backward: only the last micro-step reduce-scatters
-                raw_model.set_requires_gradient_sync(sync)
-            with contextlib.nullcontext() if sync or cfg.fsdp else model.no_sync():
-                with autocast:
-                    _, loss = model(x, y)
-                loss = loss / grad_accum_steps  # the gradient of the mean over the whole batch, not the sum
-                loss_accum += loss.detach()
-                scaler.scale(loss).backward()
-        if ddp:
-            torch.distributed.all_reduce(loss_accum)  # gloo has no AVG: sum, then divide
-            loss_accum /= world_size
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        lr = get_lr(step, cfg)
-        for group, peak_lr in zip(optimizer.param_groups, peak_lrs, strict=True):
-            group["lr"] = get_lr(step, cfg, peak_lr)
-        scale = scaler.get_scale()
-        scaler.step(optimizer)  # no update if float16 gradients overflowed (inf or nan)
-        scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        loss_value, norm_value = loss_accum.item(), norm.item()
-        if not math.isfinite(loss_value):
-            raise InputError(
-                f"step {step}: the loss is {loss_value}; training diverged (try a lower --max_lr), the checkpoints in"
-                f" {log_dir} are untouched"
-            )
-
-        mfu = flops_per_step / dt / world_size / peak if peak else None
-        extra = f" | scale {scale:.0f}" if scaler.is_enabled() else ""
-        if scaler.get_scale() < scale:  # lowered: this step's float16 gradients overflowed, the optimizer skipped it
-            extra += " | skipped: float16 gradients overflowed, scale lowered"
-        run_log.step(step, cfg, loss_value, lr, norm_value, dt, mfu, extra)
-
-        # a signal, or --checkpoint_minutes since the last checkpoint: save the state after this step
-        signum, timed = policy.poll(step + 1)
-        if signum or timed:
-            path = save(step + 1, evaluated=False)  # before the next step's evaluations, which a resume then runs
-        if signum:
-            raise Interrupted(signum, step + 1, path)
-
-    run_log.finish()
 
 
 def out_of_memory(cfg):
@@ -876,14 +876,14 @@ def out_of_memory(cfg):
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        train(cfg, StopSignals())
-    except Interrupted as e:
+        train(cfg, checkpoint.StopSignals())
+    except checkpoint.Interrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(e)
         raise SystemExit(128 + e.signum)
     except InputError as e:
         raise SystemExit(str(e))
-    except RuntimeError as e:  # out of memory: CUDA raises torch.OutOfMemoryError, a CPU's allocator a RuntimeError
+    except RuntimeError as e:  # out of memory: a CUDA OutOfMemoryError, or a CPU allocator's error
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
             raise
         raise SystemExit(out_of_memory(cfg))

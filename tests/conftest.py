@@ -194,11 +194,9 @@ def sample_stdout(model, prompt, seed, max_new_tokens, top_k=50):
     sequence, decoded at once."""
     import tiktoken
 
-    from sample import generate
-
     enc = tiktoken.get_encoding("gpt2")
     idx = torch.tensor([enc.encode(prompt)])
-    out = generate(model, idx, max_new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    out = model.generate(idx, max_new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
     return enc.decode(out[0].tolist()) + "\n", out[0, idx.size(1) :].tolist()
 
 

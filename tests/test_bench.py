@@ -1,4 +1,4 @@
-"""bench.py end to end at the tiniest settings: every benchmark runs and the last line holds every figure.
+"""tools/bench.py end to end at the tiniest settings: every benchmark runs and the last line holds every figure.
 These settings measure nothing, so no speed is asserted; only that each figure is there and positive."""
 
 import json
@@ -54,7 +54,7 @@ def test_quick_run_ends_with_a_json_line_of_every_figure(run, shared_data, tmp_p
         "--text",
         str(shared_data / "tinyshakespeare" / "input.txt"),
     ]
-    proc = run("bench.py", *tiny, cwd=tmp_path, timeout=300)
+    proc = run("tools/bench.py", *tiny, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     result = json.loads(lines[-1])
@@ -71,12 +71,13 @@ def test_quick_run_ends_with_a_json_line_of_every_figure(run, shared_data, tmp_p
 
 
 def test_unknown_benchmark_is_refused_in_one_line(run, tmp_path):
-    proc = run("bench.py", "--only", "train,sampling", cwd=tmp_path)
+    proc = run("tools/bench.py", "--only", "train,sampling", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "unknown benchmark sampling" in proc.stderr
 
 
-def test_cpu_defaults_are_the_mini_config_and_flags_win_over_quick():
+def test_cpu_defaults_are_the_mini_config_and_flags_win_over_quick(repo, monkeypatch):
+    monkeypatch.syspath_prepend(repo / "tools")  # where the script's own folder puts it
     import bench
 
     args = bench.parse_args(["--device", "cpu"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from checkpoint import RESUMABLE
-from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, GPTConfig
+from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, RECIPES, SWITCHES, GPTConfig
 
 HELLA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
 MICRO = dataclasses.asdict(
@@ -102,8 +102,18 @@ def checkpoint_of_other_data():
     model = GPT(GPTConfig(**MICRO))
     return checkpoint_bytes({
         "model": model.state_dict(), "config": MICRO, "step": 1, "val_loss": 10.0,
-        "optimizer": model.configure_optimizers(0.1, 3e-3, "cpu").state_dict(),
+        "optimizer": [optimizer.state_dict() for optimizer in model.configure_optimizers(0.1, 3e-3, "cpu")],
         "train_loader": {"position": 512, "total_tokens": 12345}, "rng": {"cpu": torch.get_rng_state(), "cuda": []},
+    })  # fmt: skip
+
+
+def modern_checkpoint_of_one_optimizer():
+    """A --recipe modern checkpoint as written before 2026-12-06: Muon's and AdamW's state in one dict."""
+    config = {**MICRO, **{k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}}
+    return checkpoint_bytes({
+        "model": GPT(GPTConfig(**config)).state_dict(), "config": config, "step": 1, "val_loss": 10.0,
+        "optimizer": {"state": {}, "param_groups": []}, "train_loader": {"position": 0, "total_tokens": 0},
+        "rng": {"cpu": torch.get_rng_state(), "cuda": []},
     })  # fmt: skip
 
 
@@ -205,6 +215,8 @@ BAD_INPUTS = [
     row("resume from a checkpoint of another config", "train", ["--resume"], 1, "holds no GPTConfig",
         file("log/model_00003.pt", lambda: checkpoint_bytes({**dict.fromkeys(RESUMABLE), "config": {"n_layers": 2}, "step": 3}))),
     row("resume on other data", "train", ["--resume"], 1, "resume with the data it was trained on", file("log/model_00001.pt", checkpoint_of_other_data)),
+    row("resume a modern checkpoint of the combined optimizer", "train", ["--resume", "--recipe", "modern"], 1, "it holds 1 optimizers' state",
+        file("log/model_00001.pt", modern_checkpoint_of_one_optimizer)),
     row("resume from a checkpoint whose weights do not fit its config", "train", ["--resume"], 1, "model_00001.pt",
         file("log/model_00001.pt", misfit_checkpoint)),
     row("resume from a checkpoint without training state", "train", ["--resume"], 1, "model_00001.pt",

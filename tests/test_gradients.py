@@ -1,5 +1,5 @@
 """The training step's numbers: our gradients against transformers' GPT-2, and the compiled path (bf16: the one
-bench.py times) against eager, both measured against float64."""
+tools/bench.py times) against eager, both measured against float64."""
 
 import copy
 

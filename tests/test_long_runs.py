@@ -60,17 +60,18 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(
 
 
 def test_a_second_ctrl_c_ends_at_once(start, lines_until, tiny, shakespeare_shards, tmp_path):
-    # 25 micro-steps make a step of a few seconds: both Ctrl-Cs land inside it
-    args = args_of(tiny, shakespeare_shards, "--max_steps", 3, "--log_dir", tmp_path, "--total_batch_size", 25 * 256)
+    # 25 micro-steps make a step of a second or more: both Ctrl-Cs land inside step 2, timed by step 1 (step 0 is
+    # slower, its first AdamW step sets up), far enough apart that the first one's handler has run
+    args = args_of(tiny, shakespeare_shards, "--max_steps", 4, "--log_dir", tmp_path, "--total_batch_size", 25 * 256)
     proc = start("train_gpt2.py", *args)
-    step_ms = float(re.search(r"dt ([\d.]+)ms", lines_until(proc, "step 0 |")[-1])[1])
-    assert step_ms > 1000  # else the Ctrl-Cs below might not land in one step
-    time.sleep(step_ms / 5000)  # into step 1
+    step_s = float(re.search(r"dt ([\d.]+)ms", lines_until(proc, "step 1 |")[-1])[1]) / 1000
+    assert step_s > 1  # else the Ctrl-Cs below might not land in one step
+    time.sleep(step_s / 10)  # into step 2
     proc.send_signal(signal.SIGINT)  # the first only asks for a checkpoint after the step
-    time.sleep(step_ms / 5000)
+    time.sleep(step_s / 4)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=step_ms / 1000)  # within the step, not after it
+    proc.communicate(timeout=step_s)  # within the step, not after it
     assert proc.returncode == -signal.SIGINT  # ended by the signal itself, as without a handler
     assert checkpoint_paths(tmp_path) == []
 

@@ -1,4 +1,4 @@
-"""sample.generate against transformers and a full recompute, seeded sampling, and the sample.py CLI end to end."""
+"""GPT.generate against transformers and a full recompute, seeded sampling, and the sample.py CLI end to end."""
 
 import dataclasses
 
@@ -6,7 +6,6 @@ import pytest
 import tiktoken
 import torch
 
-from sample import generate
 from tokenizer import GPT2_VOCAB_SIZE
 from train_gpt2 import GPT, PADDED_VOCAB_SIZE, RECIPES, SWITCHES, GPTConfig
 
@@ -59,7 +58,7 @@ def test_greedy_equals_transformers_generate(random_hf_gpt2, tmp_path):
     idx = prompts(2, 8)
     # eos_token_id=None: HF would stop a row at <|endoftext|> (and min_new_tokens would forbid it, changing the argmax)
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, max_new_tokens=40, eos_token_id=None)
-    ours = generate(GPT.from_pretrained(str(tmp_path)), idx, 40, top_k=1)
+    ours = GPT.from_pretrained(str(tmp_path)).generate(idx, 40, top_k=1)
     assert torch.equal(ours, ref)
     assert all(len(set(row)) > 10 for row in ours[:, 8:].tolist())  # not a degenerate repetition
 
@@ -72,22 +71,22 @@ def test_greedy_with_cache_equals_full_recompute_past_the_context():
         logits, _ = model(ref[:, -32:])
         ref = torch.cat((ref, logits[:, -1, :GPT2_VOCAB_SIZE].argmax(-1, keepdim=True)), dim=1)
     assert (logits[:, -1].argmax(-1) >= GPT2_VOCAB_SIZE).all()  # unmasked, the padding would win
-    assert torch.equal(generate(model, idx, 32 + 20, top_k=1), ref)
+    assert torch.equal(model.generate(idx, 32 + 20, top_k=1), ref)
     assert all(len(set(row)) > 20 for row in ref[:, 10:].tolist())
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
     model = random_gpt()
     idx = prompts(3, 4)
-    a, b, c = (generate(model, idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8))
+    a, b, c = (model.generate(idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_padded_ids_are_never_sampled():
     model = random_gpt()
     for top_k in (None, 100):
-        out = generate(
-            model, prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0)
+        out = model.generate(
+            prompts(2, 4), 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0)
         )
         assert out.max() < GPT2_VOCAB_SIZE
 
@@ -98,7 +97,7 @@ def test_top_k_samples_only_among_the_k_most_likely():
 
     def ranks(top_k):
         """The rank of every sampled token among the model's scores at its position (0 = the most likely)."""
-        out = generate(model, idx, 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
+        out = model.generate(idx, 24, temperature=10.0, top_k=top_k, generator=torch.Generator().manual_seed(0))
         logits = model(out)[0][:, 7:-1, :GPT2_VOCAB_SIZE]  # one forward over all 32 tokens: within the context
         sampled = logits.gather(-1, out[:, 8:, None])
         return (logits > sampled).sum(-1)
@@ -249,6 +248,6 @@ def test_compile_captures_one_decode_step_and_gives_the_recomputed_tokens_past_t
     )  # every one-token step, at every position: static shapes, no recompile
 
     enc = tiktoken.get_encoding("gpt2")
-    recomputed = generate(model, torch.tensor([enc.encode(PROMPT)]), 80, top_k=1, use_kv_cache=False)[0].tolist()
+    recomputed = model.generate(torch.tensor([enc.encode(PROMPT)]), 80, top_k=1, cache=False)[0].tolist()
     assert capsys.readouterr().out == enc.decode(recomputed) + "\n"
     assert len(set(recomputed[8:])) > 40  # not a degenerate repetition

@@ -1,5 +1,5 @@
 """
-bench.py's time-to-loss benchmark (`python bench.py --only recipes`): the steps --recipe modern needs to reach the
+tools/bench.py's time-to-loss benchmark (`python tools/bench.py --only recipes`): the steps --recipe modern needs to reach the
 val loss that --recipe gpt2 ends with, both trained on the same tokens in the same order.
 
 Each recipe's learning rates are first scaled by each factor of its grid (GRIDS) at seed 0, the best final val loss
@@ -41,10 +41,11 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
     torch.manual_seed(seed)
     dims = {**vars(args.model_config), "vocab_size": math.ceil(vocab / 64) * 64}
     model = GPT(GPTConfig(**{**dims, **{k: v for k, v in flags.items() if k in SWITCHES}})).to(device)
-    optimizer = model.configure_optimizers(
+    optimizers = model.configure_optimizers(
         cfg.weight_decay, lrs["max_lr"], device.type, lrs["muon_lr"], lrs["embed_lr"]
     )
-    peaks, curve = [group["lr"] for group in optimizer.param_groups], []
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    peaks, curve = [group["lr"] for group in groups], []
     order = torch.randperm((len(train) - 1) // T, generator=torch.Generator().manual_seed(1234))  # every run alike
     for step in range(args.recipe_steps + 1):
         if step % EVAL_EVERY == 0 or step == args.recipe_steps:
@@ -55,14 +56,15 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
             return curve
         rows = order[torch.arange(step * B, (step + 1) * B) % len(order)]
         x = torch.stack([train[r * T : r * T + T + 1] for r in rows.tolist()]).to(device)
-        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+        for group, peak in zip(groups, peaks, strict=True):
             group["lr"] = get_lr(step, cfg, peak)
         with autocast:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
 
 def steps_to(curve, target):

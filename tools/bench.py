@@ -1,12 +1,12 @@
 """
 Our fast paths against their usual alternatives, each pair in one process on the same data.
 
-    python bench.py                   # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (about 3 minutes on 2 cores)
-    python bench.py --batch_size 32   # GPU: GPT-2 124M at T=1024, compile + bf16
-    python bench.py --quick           # a tiny model, no compile: runs every path in seconds, measures nothing
+    python tools/bench.py                   # CPU: 4 layers x 256, T=256, B=8, compile + bf16 (~3 min on 2 cores)
+    python tools/bench.py --batch_size 32   # GPU: GPT-2 124M at T=1024, compile + bf16
+    python tools/bench.py --quick           # a tiny model, no compile: runs every path in seconds, measures nothing
 
   train      our optimizer step (compile, autocast, fused AdamW) vs transformers' GPT2LMHeadModel, eager: tok/s, MFU
-  generate   sample.generate at batch 1 with the KV cache vs recomputing the context for every token
+  generate   GPT.generate at batch 1 with the KV cache vs recomputing the context for every token
   hellaswag  hellaswag.evaluate, 16 examples per forward, vs one example per forward with every position's logits
   fineweb    fineweb.py's process pool vs one process's encode_ordinary loop (and num_proc loops side by side: the ceiling)
 
@@ -27,6 +27,7 @@ import platform
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,13 +37,14 @@ import torch
 from torch.nn import functional as F
 from transformers import GPT2LMHeadModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, a folder up
+from bench_recipes import bench_recipes
+
 import fineweb
 import hellaswag
-from bench_recipes import bench_recipes
 from cli import ArgumentParser, InputError, add_flags, check_at_least
 from export_hf import hf_config
-from hardware import make_autocast, peak_flops, pick_device
-from sample import generate
+from hardware import autocast_dtype, peak_flops, pick_device
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
 from train_gpt2 import (
     GPT,
@@ -66,7 +68,7 @@ ALL = dict(compile=True, generate_model="gpt2", new_tokens=256, hellaswag_n=100,
 PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of generating after it
 SHAKESPEARE = Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"  # fineweb.py downloads it
 
-# the flags, in --help's order: train_gpt2.py's that apply here, then bench.py's own (each int one at least 1)
+# the flags, in --help's order: train_gpt2.py's that apply here, then this script's own (each int one at least 1)
 TRAIN_FLAGS = ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"]
 FLAGS = dict(
     compile=dict(action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark"),
@@ -76,20 +78,17 @@ FLAGS = dict(
     new_tokens=dict(type=int, help="tokens to generate"),
     hellaswag_n=dict(type=int, help="the first N HellaSwag val examples"),
     hellaswag_batch=dict(type=int, help="examples per forward of the batched side"),
-    hellaswag_dir=dict(
-        default=str(hellaswag.DATA_DIR), help="folder holding hellaswag_val.jsonl, downloaded there if missing"
-    ),
+    hellaswag_dir=dict(default=str(hellaswag.DATA_DIR), help="hellaswag_val.jsonl's folder, downloaded if missing"),
     fineweb_docs=dict(type=int, help="documents of ~1,300 tokens to tokenize"),
     text=dict(default=str(SHAKESPEARE), help="text cut into those documents"),
     num_proc=dict(type=int, default=os.cpu_count(), help="fineweb.py's --num_proc"),
-    recipe_steps=dict(type=int, default=200, help="optimizer steps of each recipes run (bench_recipes.py)"),
+    recipe_steps=dict(type=int, default=200, help="optimizer steps of each recipes run (tools/bench_recipes.py)"),
     seeds=dict(type=int, default=3, help="seeds of each recipe at its best learning rate"),
 )
 
+
 # -----------------------------------------------------------------------------
 # timing and reporting
-
-
 def sync(device):  # GPU kernels run asynchronously: a timer read before they finish measures only the launch
     if device.type in ("cuda", "mps"):
         torch.cuda.synchronize(device) if device.type == "cuda" else torch.mps.synchronize()
@@ -181,7 +180,7 @@ def bench_matmul(n, device, repeats):
 def train_step(loss_fn, model, batches, autocast):
     """One optimizer step per call, on the next of the batches (cycled): a training step as train_gpt2.py takes it."""
     batches, params = itertools.cycle(batches), list(model.parameters())
-    optimizer = GPT.configure_optimizers(model, 0.1, 6e-4, params[0].device.type)
+    (optimizer,) = GPT.configure_optimizers(model, 0.1, 6e-4, params[0].device.type)  # AdamW alone
 
     def step():
         x, y = next(batches)
@@ -230,13 +229,13 @@ def bench_generate(args, device, autocast, dtype):
     model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)
     prompt = random_ids((1, PROMPT_TOKENS), args.seed, device)
 
-    def run(use_kv_cache, new_tokens):
+    def run(cache, new_tokens):
         generator = torch.Generator(device=device).manual_seed(args.seed)  # one per call: both paths sample alike
         with autocast:
-            return generate(model, prompt, new_tokens, top_k=1, generator=generator, use_kv_cache=use_kv_cache)
+            return model.generate(prompt, new_tokens, top_k=1, generator=generator, cache=cache)
 
-    for use_kv_cache in (True, False):
-        run(use_kv_cache, 16)  # warm-up: the first forward of a shape sets its kernels up
+    for cache in (True, False):
+        run(cache, 16)  # warm-up: the first forward of a shape sets its kernels up
     runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
     # half the repeats: a run is many forwards
     figures, out = compare(runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0)
@@ -422,7 +421,8 @@ def main(argv=None):
     c = args.model_config
     try:
         device = pick_device(args.device)
-        autocast, dtype, _ = make_autocast(args.dtype, device)
+        dtype, _ = autocast_dtype(args.dtype, device)
+        autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
         print(
             f"{args.model} dims ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), B={args.batch_size}, "
             f"T={args.seq_len}, {str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''}, "
