@@ -35,10 +35,6 @@ from cli import InputError, first_line, flag
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
 
 PADDED_VOCAB_SIZE = 50304  # 50257 rounded up to a multiple of 128: the lm_head matmul tiles evenly
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the hub
-# the matmul weights that Hugging Face's GPT-2 keeps in Conv1D layers, stored (in, out): transposed
-# on the way
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 # -----------------------------------------------------------------------------
@@ -172,6 +168,11 @@ class KVCache:
         self.v.index_copy_(2, pos, v)
         mask = torch.arange(self.block_size, device=pos.device) <= pos[:, None]  # slots seen
         return self.k, self.v, mask
+
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the hub
+# the matmul weights Hugging Face's GPT-2 keeps in Conv1D layers, (in, out): transposed on the way
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 class GPT(nn.Module):
