@@ -6,6 +6,7 @@ process group). Every script's --device and --dtype end here; nothing here impor
 """
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -74,6 +75,7 @@ def autocast_dtype(dtype, device):
 GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+@functools.cache  # asked at every step, for MFU: the device's name is looked up once
 def peak_flops(device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)

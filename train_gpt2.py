@@ -604,12 +604,12 @@ def train(cfg, signals=None):
     cfg.batch_size = train_loader.B = B  # a resume reads it; main's out-of-memory line names it
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
     optimizers = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
-    # float16: the loss scaled up, small gradients do not flush to zero (Micikevicius et al. 2018)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # Micikevicius et al. 2018
     state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader)
     start_step, val_loss = ckpts.start(state)  # a resume's state put back; the log dir locked
     run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, wandb)
     describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
+    flops_per_token = raw_model.flops_per_token(T)  # for MFU: counted once, it walks every parameter
 
     for step in range(start_step, cfg.max_steps + 1):
         due = periodic_work(step, cfg, ckpts.evaluated_step)
@@ -648,7 +648,7 @@ def train(cfg, signals=None):
             torch.distributed.all_reduce(loss_accum)  # gloo has no AVG: sum, then divide
             loss_accum /= world_size
         for optimizer in optimizers:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            scaler.unscale_(optimizer)  # float16 scales the loss up (so small gradients survive): clip the true ones
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         lr, scale = get_lr(step, cfg), scaler.get_scale()
         for optimizer in optimizers:
@@ -662,7 +662,7 @@ def train(cfg, signals=None):
         loss_value, norm_value, tok_per_sec = loss_accum.item(), norm.item(), cfg.total_batch_size / dt
         if not math.isfinite(loss_value):
             raise diverged(step, loss_value, cfg)
-        mfu = hardware.mfu(raw_model.flops_per_token(T) * tok_per_sec / world_size, device)
+        mfu = hardware.mfu(flops_per_token * tok_per_sec / world_size, device)
         clock = run_log.step(step, loss_value, lr, norm_value, tok_per_sec, mfu)  # log.txt, wandb
         line = f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
         speed = f"tok/sec {tok_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}"

@@ -44,8 +44,7 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
     optimizers = model.configure_optimizers(
         cfg.weight_decay, lrs["max_lr"], device.type, lrs["muon_lr"], lrs["embed_lr"]
     )
-    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
-    peaks, curve = [group["lr"] for group in groups], []
+    groups, curve = [group for optimizer in optimizers for group in optimizer.param_groups], []
     order = torch.randperm((len(train) - 1) // T, generator=torch.Generator().manual_seed(1234))  # every run alike
     for step in range(args.recipe_steps + 1):
         if step % EVAL_EVERY == 0 or step == args.recipe_steps:
@@ -56,8 +55,8 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
             return curve
         rows = order[torch.arange(step * B, (step + 1) * B) % len(order)]
         x = torch.stack([train[r * T : r * T + T + 1] for r in rows.tolist()]).to(device)
-        for group, peak in zip(groups, peaks, strict=True):
-            group["lr"] = get_lr(step, cfg, peak)
+        for group in groups:  # each from its own peak
+            group["lr"] = get_lr(step, cfg, group["initial_lr"])
         with autocast:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
