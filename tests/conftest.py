@@ -16,7 +16,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# elsewhere where OFFLINE_DATA names a copy: tools/gpu_check.py's bundle, on a GPU machine
+SHARED_DATA = Path(os.environ.get("OFFLINE_DATA", REPO.parent / "shared" / "data"))
 
 # tiktoken reads this on its first get_encoding call; set it before any test imports the scripts
 if (SHARED_DATA / "tiktoken_cache").is_dir():
@@ -65,7 +66,7 @@ def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
     return subprocess.CompletedProcess(cmd, code, *output)
 
 
-READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_")  # by the interpreter, the C library and OpenMP
+READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_", "TORCH_")  # by the interpreter, libc, OpenMP, torch
 
 
 class Prewarmed:
@@ -304,7 +305,9 @@ def snapshot_of():
 @pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"offline data folder {SHARED_DATA} is missing: the tests need ../shared/data beside the checkout")
+        pytest.fail(
+            f"offline data folder {SHARED_DATA} is missing: put ../shared/data beside the checkout, or name it in OFFLINE_DATA"
+        )
     return SHARED_DATA
 
 

@@ -2,7 +2,6 @@
 
 import ast
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import sys
@@ -275,48 +274,6 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(train, same_run, tiny, 
     assert "flags changed" not in proc.stdout  # another log dir is no change
 
     same_run(full, cut, 10, parts=("model", "optimizer", "train_loader"))
-
-
-@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
-def test_compiled_run_evaluates_scores_hellaswag_samples_and_plots(
-    recipe, train, run, log_of, tiny, shakespeare_shards, shared_data, tmp_path
-):
-    hella = ["--hellaswag_interval", "2", "--hellaswag_limit", "40", "--hellaswag_dir", str(shared_data / "hellaswag")]
-    args = [
-        *tiny,
-        "--data_dir",
-        str(shakespeare_shards),
-        "--log_dir",
-        str(tmp_path),
-        "--total_batch_size",
-        "256",
-        "--max_steps",
-        "2",
-    ]
-    proc = train(*args, *hella, "--eval_interval", "1", "--sample_interval", "1", "--compile", "--recipe", recipe)
-    assert proc.returncode == 0, proc.stderr
-    assert "compile on" in proc.stdout and proc.stdout.count("sample ") == 4
-    assert ("rope=True" in proc.stdout) == (recipe == "modern")
-    log = log_of(tmp_path)
-    assert [s for s, kind in log if kind == "val"] == [0, 1, 2] and [s for s, kind in log if kind == "hella"] == [0, 2]
-    # the in-training score of the final model equals hellaswag.py's on its checkpoint (uncompiled)
-    score = run(
-        "hellaswag.py",
-        "--checkpoint",
-        tmp_path,
-        "--limit",
-        "40",
-        "--dtype",
-        "float32",
-        "--data_dir",
-        shared_data / "hellaswag",
-    )
-    assert score.returncode == 0, score.stderr
-    assert score.stdout.strip().splitlines()[-1].endswith(f"acc_norm={log[2, 'hella']:.4f}")
-    if importlib.util.find_spec("matplotlib"):  # optional; CI installs it
-        from matplotlib.image import imread
-
-        assert imread(tmp_path / "plot.png").shape[1] > 1000  # two panels: loss and HellaSwag
 
 
 def test_help_lists_every_flag_with_its_default(train):

@@ -17,7 +17,9 @@ one JSON line of every figure. Data: hellaswag/ beside hellaswag.py (downloaded 
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import functools
 import io
 import itertools
 import json
@@ -26,7 +28,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from transformers import GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, a folder up
 from bench_recipes import bench_recipes
+from timing import agreement, compare, interleaved, report, report_rates, si, sync
 
 import fineweb
 import hellaswag
@@ -50,6 +52,7 @@ from train_gpt2 import (
     GPT,
     MODEL_PRESETS,
     PADDED_VOCAB_SIZE,
+    RECIPES,
     GPTConfig,
     TrainConfig,
     check_model_config,
@@ -69,7 +72,7 @@ PROMPT_TOKENS = 8  # random ids: what a prompt says does not change the work of 
 SHAKESPEARE = Path(fineweb.__file__).resolve().parent / "tinyshakespeare" / "input.txt"  # fineweb.py downloads it
 
 # the flags, in --help's order: train_gpt2.py's that apply here, then this script's own (each int one at least 1)
-TRAIN_FLAGS = ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len", "seed"]
+TRAIN_FLAGS = ["device", "dtype", "model", "n_layer", "n_head", "n_embd", "recipe", "batch_size", "seq_len", "seed"]
 FLAGS = dict(
     compile=dict(action=argparse.BooleanOptionalAction, help="torch.compile our GPT in the train benchmark"),
     repeats=dict(type=int, help="timed runs of each side, median reported (generate and hellaswag: half, rounded up)"),
@@ -85,62 +88,6 @@ FLAGS = dict(
     recipe_steps=dict(type=int, default=200, help="optimizer steps of each recipes run (tools/bench_recipes.py)"),
     seeds=dict(type=int, default=3, help="seeds of each recipe at its best learning rate"),
 )
-
-
-# -----------------------------------------------------------------------------
-# timing and reporting
-def sync(device):  # GPU kernels run asynchronously: a timer read before they finish measures only the launch
-    if device.type in ("cuda", "mps"):
-        torch.cuda.synchronize(device) if device.type == "cuda" else torch.mps.synchronize()
-
-
-def interleaved(runs, repeats, device, warmup=1):
-    """Median seconds of each run (name -> function), called in turn after warm-up; and what each returned last."""
-    results, seconds = {}, {name: [] for name in runs}
-    for name, run in runs.items():
-        for _ in range(warmup):
-            results[name] = run()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            sync(device)
-            t0 = time.perf_counter()
-            results[name] = run()
-            sync(device)
-            seconds[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in seconds.items()}, results
-
-
-def compare(runs, repeats, device, amount, unit, warmup=1):
-    """interleaved as rates, `amount` per second ({name}_{unit}_per_s), and the first's over the second's (ratio)."""
-    seconds, results = interleaved(runs, repeats, device, warmup)
-    figures = {f"{name}_{unit}_per_s": amount / s for name, s in seconds.items()}
-    first, second = list(runs)[:2]
-    return figures | {"ratio": figures[f"{first}_{unit}_per_s"] / figures[f"{second}_{unit}_per_s"]}, results
-
-
-def si(x, unit):
-    """3 significant digits with a k/M/G/T prefix: 2,310 -> '2.31k tok/s'."""
-    prefix, scale = next(((p, s) for p, s in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(x) >= s), ("", 1))
-    return f"{x / scale:.3g}{prefix} {unit}"
-
-
-def report(row, ours, baseline, ratio, notes):  # one line of the table
-    print(f"{row:<12}| {ours:<28}| {baseline:<34}| {f'{ratio:.2f}x' if ratio else 'ratio'} | {notes}", flush=True)
-
-
-def report_rates(row, figures, unit, labels, notes):
-    """The line of compare's figures: the first two runs' rates, each with its label ({run: label}), and their ratio."""
-    per_s = {"tokens": "tok/s", "examples": "ex/s"}[unit]
-    ours, baseline = (si(figures[f"{run}_{unit}_per_s"], per_s) + label for run, label in labels.items())
-    report(row, ours, baseline, figures["ratio"], notes)
-
-
-def agreement(same, dtype, what):
-    if same:
-        return f"same {what}"
-    if dtype == torch.float32:  # both sides must then agree exactly
-        return f"WARNING: {what} differ"
-    return f"{what} differ ({str(dtype)[6:]} rounds the sides differently)"  # so a near tie can go either way
 
 
 def random_ids(shape, seed, device):  # from a generator of their own: the same ids whatever ran before
@@ -177,10 +124,9 @@ def bench_matmul(n, device, repeats):
     return figures
 
 
-def train_step(loss_fn, model, batches, autocast):
+def train_step(loss_fn, model, batches, autocast, optimizers):
     """One optimizer step per call, on the next of the batches (cycled): a training step as train_gpt2.py takes it."""
     batches, params = itertools.cycle(batches), list(model.parameters())
-    (optimizer,) = GPT.configure_optimizers(model, 0.1, 6e-4, params[0].device.type)  # AdamW alone
 
     def step():
         x, y = next(batches)
@@ -188,26 +134,43 @@ def train_step(loss_fn, model, batches, autocast):
             loss = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def peak_memory(step, device):
+    """The most CUDA memory that a warm call of step (its first compiles) holds at once: the weights, the optimizer's
+    state, the gradients and the activations. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    step()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def bench_train(args, device, autocast, dtype):
     B, T = args.batch_size, args.seq_len
     torch.manual_seed(args.seed)
-    ours = GPT(args.model_config).to(device)
+    ours, c = GPT(args.model_config).to(device), args.recipe_config
     compiled = torch.compile(ours) if args.compile else ours
-    # transformers' GPT-2 of the same dims, eager, with the same attention kernel, optimizer groups and batches;
-    # it gets our loss on its logits, as its own loss would shift the targets again
-    hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
     tokens = random_ids((4, B, T + 1), args.seed, device)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
+    optimizers = ours.configure_optimizers(c.weight_decay, c.max_lr, device.type, c.muon_lr, c.embed_lr)
+    ours_step = train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast, optimizers)
+    memory = peak_memory(ours_step, device)  # before the baseline takes memory too
+    # transformers' GPT-2 of the same dims, eager, with the same attention kernel, AdamW groups and batches; it gets
+    # our loss on its logits, as its own loss would shift the targets again
+    hf = GPT2LMHeadModel(hf_config(args.model_config, attn_implementation="sdpa")).to(device).train()
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
     runs = {
-        "ours": train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast),
-        "hf": train_step(hf_loss, hf, batches, autocast),
+        "ours": ours_step,
+        "hf": train_step(hf_loss, hf, batches, autocast, GPT.configure_optimizers(hf, 0.1, 6e-4, device.type)),
         # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
         "peak": matmul(args.matmul_size, device, dtype),
     }
@@ -218,9 +181,11 @@ def bench_train(args, device, autocast, dtype):
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
     figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak)
     figures.update({f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
+    figures["ours_peak_memory"] = memory
     source = f"{str(dtype)[6:]} {'datasheet' if datasheet_peak else 'matmul timed between the steps'}"
     notes = f"MFU {100 * figures['ours_mfu']:.2f}% vs {100 * figures['hf_mfu']:.2f}% of {si(peak, 'FLOP/s')} ({source})"
-    report_rates("train step", figures, "tokens", {"ours": "", "hf": " (HF)"}, notes)
+    notes += f"; ours holds {memory / 2**30:.1f} GiB at its peak" if memory else ""
+    report_rates("train step", figures, "tokens", {"ours": f" ({args.recipe})", "hf": " (HF)"}, notes)
     return figures
 
 
@@ -229,20 +194,27 @@ def bench_generate(args, device, autocast, dtype):
     model = eager_model({**MODEL_PRESETS[args.generate_model], "vocab_size": PADDED_VOCAB_SIZE}, args, device)
     prompt = random_ids((1, PROMPT_TOKENS), args.seed, device)
 
-    def run(cache, new_tokens):
+    def run(cache, new_tokens, compile=False):
         generator = torch.Generator(device=device).manual_seed(args.seed)  # one per call: both paths sample alike
         with autocast:
-            return model.generate(prompt, new_tokens, top_k=1, generator=generator, cache=cache)
+            return model.generate(prompt, new_tokens, top_k=1, generator=generator, cache=cache, compile=compile)
 
-    for cache in (True, False):
-        run(cache, 16)  # warm-up: the first forward of a shape sets its kernels up
-    runs = {"cache": lambda: run(True, args.new_tokens), "no_cache": lambda: run(False, args.new_tokens)}
+    sides = {"cache": dict(cache=True), "no_cache": dict(cache=False)}
+    if args.compile:  # the one-token step compiled, a CUDA graph on a GPU (sample.py --compile)
+        sides["compiled"] = dict(cache=True, compile=True)
+    for side in sides.values():
+        run(new_tokens=16, **side)  # warm-up: the first forward of a shape sets its kernels up, or compiles
+    runs = {name: functools.partial(run, new_tokens=args.new_tokens, **side) for name, side in sides.items()}
     # half the repeats: a run is many forwards
     figures, out = compare(runs, (args.repeats + 1) // 2, device, args.new_tokens, "tokens", warmup=0)
     differ = (out["cache"] != out["no_cache"])[0, PROMPT_TOKENS:].nonzero()  # greedy: the same tokens, in float32
     figures.update(same_tokens=len(differ) == 0, agreeing_tokens=differ[0].item() if len(differ) else args.new_tokens)
     notes = f"{args.generate_model} dims, {args.new_tokens} new tokens, batch 1, "
     notes += agreement(figures["same_tokens"], dtype, f"tokens (the first {figures['agreeing_tokens']} agree)")
+    if args.compile:
+        figures["compiled_same_tokens"] = torch.equal(out["compiled"], out["cache"])
+        compiled = agreement(figures["compiled_same_tokens"], dtype, "tokens")
+        notes += f"; compiled: {si(figures['compiled_tokens_per_s'], 'tok/s')}, {compiled}"
     report_rates("generate", figures, "tokens", {"cache": " (KV cache)", "no_cache": " (no cache)"}, notes)
     return figures
 
@@ -405,7 +377,10 @@ def parse_args(argv=None):
         parser.error(f"unknown benchmark {', '.join(unknown)}: choose from {','.join(BENCHES)}")
     check_at_least(parser, args, 1, ["n_layer", "n_head", "n_embd", "batch_size", "seq_len"])
     check_at_least(parser, args, 1, [name for name, kwargs in FLAGS.items() if kwargs.get("type") is int])
-    args.model_config = make_model_config(args)  # the same flags as train_gpt2.py's, the same model
+    # the same flags as train_gpt2.py's, the same model: the recipe's switches and learning rates, the flags' dims
+    dims = {name: getattr(args, name) for name in ("model", "n_layer", "n_head", "n_embd")}
+    args.recipe_config = dataclasses.replace(TrainConfig(**RECIPES[args.recipe]), **dims)
+    args.model_config = make_model_config(args.recipe_config)
     args.seq_len = args.seq_len or args.model_config.block_size
     check_model_config(parser, args.model_config, args)
     return args
@@ -442,7 +417,7 @@ def main(argv=None):
         f"torch {info['torch']}, {info['date']}"
     )
     config = {"model": args.model, **vars(c), "batch_size": args.batch_size, "seq_len": args.seq_len}
-    config |= {"dtype": str(dtype)[6:], "compile": args.compile, "repeats": args.repeats}
+    config |= {"recipe": args.recipe, "dtype": str(dtype)[6:], "compile": args.compile, "repeats": args.repeats}
     print(json.dumps({"machine": info, "config": config, **results, "wall_s": time.perf_counter() - t_start}))
 
 

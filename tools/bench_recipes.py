@@ -39,7 +39,8 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
     cfg = TrainConfig(**{k: v for k, v in flags.items() if k not in SWITCHES})
     lrs = {k: getattr(cfg, k) and getattr(cfg, k) * factor for k in ("max_lr", "muon_lr", "embed_lr")}
     torch.manual_seed(seed)
-    dims = {**vars(args.model_config), "vocab_size": math.ceil(vocab / 64) * 64}
+    dims = {k: getattr(args.model_config, k) for k in ("block_size", "n_layer", "n_head", "n_embd")}  # not --recipe's
+    dims["vocab_size"] = math.ceil(vocab / 64) * 64
     model = GPT(GPTConfig(**{**dims, **{k: v for k, v in flags.items() if k in SWITCHES}})).to(device)
     optimizers = model.configure_optimizers(
         cfg.weight_decay, lrs["max_lr"], device.type, lrs["muon_lr"], lrs["embed_lr"]
