@@ -66,8 +66,11 @@ def autocast_dtype(dtype, device):
             " use --dtype float16 (or auto)"
         )
     dtype, why = auto_dtype(device) if dtype == "auto" else (dtype, f"--dtype {dtype}")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+    if device.type == "cuda":  # the new switch where there is one: set_float32_matmul_precision warns from torch 2.9
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+        else:
+            torch.set_float32_matmul_precision("high")
     return getattr(torch, dtype), why
 
 

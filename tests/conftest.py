@@ -50,8 +50,8 @@ def command(script, args, torchrun=0):
 
 def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
     """The script run to its end: its CompletedProcess (text stdout and stderr). Forked from a Python that has
-    imported torch (tests/prewarmed.py), unless torchrun launches it or `env` sets what an interpreter reads as it
-    starts."""
+    imported torch (tests/prewarmed.py), unless torchrun launches it or `env` sets what is read as those modules are
+    imported."""
     if torchrun or any(k.startswith(READ_AT_START) for k in env or {}):
         cmd = command(script, args, torchrun)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=child_env(env))
@@ -66,7 +66,8 @@ def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
     return subprocess.CompletedProcess(cmd, code, *output)
 
 
-READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_", "TORCH_")  # by the interpreter, libc, OpenMP, torch
+# what the interpreter, libc, OpenMP, torch, its compiler's config (CXX) and matplotlib read as they are imported
+READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_", "TORCH", "CXX", "MPL")
 
 
 class Prewarmed:

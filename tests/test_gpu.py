@@ -194,8 +194,8 @@ def test_the_batch_fitter_halves_to_the_largest_batch_that_fits_and_keeps_the_to
             assert total % (B * T) == 0  # more accumulation steps make up the same tokens a step
 
 
-@NEEDS_CUDA  # a CPU fits nothing: its B is the largest that divides the step (micro_batch_size)
-def test_the_fitter_picks_a_micro_batch_whose_steps_fit_a_16_gb_card(run, repo, shakespeare_shards, tmp_path):
+@pytest.mark.parametrize("device", [CUDA])  # a CPU fits nothing: its B is the largest that divides the step
+def test_the_fitter_picks_a_micro_batch_whose_steps_fit_a_16_gb_card(device, run, repo, shakespeare_shards, tmp_path):
     flags = ["--model", "gpt2", "--seq_len", "1024", "--total_batch_size", "65536", "--max_steps", "2", "--no-compile"]
     flags += ["--val_tokens", "8192", "--hellaswag_interval", "0", "--sample_interval", "0", "--device", "cuda"]
     proc = run(

@@ -7,7 +7,7 @@ The GPU check: everything this kit does only on a GPU, run on one in a few minut
 
 `bundle` copies what the scripts would download (tiktoken's GPT-2 files, HellaSwag's val set) from ../shared/data and
 tokenizes Tiny Shakespeare into shards: about 15 MiB, within the 64 MiB a GPU machine is sent with the repository.
-`run` takes the steps below in turn, each in its own processes under its own time limit (all of them within --minutes),
+`run` takes the steps below in turn, each in its own processes under its own time limit (all within --minutes, 5.5),
 each whatever became of the one before:
 
   tests         pytest tests/test_gpu.py -k cuda: dtype auto, float16 and bfloat16, the fitter under a 16 GB cap, out of
@@ -19,6 +19,7 @@ each whatever became of the one before:
   bench_modern  the same training step as bench_gpt2's with --recipe modern (Muon)
 """
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -48,9 +49,9 @@ OFFLINE = ["tiktoken_cache", "hellaswag/hellaswag_val.jsonl", "tinyshakespeare/i
 CARRY_LIMIT = 64 * 2**20  # what the device tool sends: the repository and the carried folders together
 GOALS = {"train MFU, GPT-2 124M, T=1024, bf16, compile": 0.50, "batch-1 decoding, compiled, tok/s": 1000}
 # per step: its time limit in seconds on a GPU, and its flags by device (tiny on a CPU: a check of the command alone)
-LIMITS = {"tests": 150, "bench_gpt2": 120, "train": 90, "bench_modern": 75}
-BENCH = {"cuda": ["--batch_size", "32"], "cpu": ["--quick", "--repeats", "1", "--new_tokens", "4"]}
-TRAIN = {"cuda": ["--model", "gpt2", "--max_steps", "4", "--hellaswag_limit", "1000"]}
+LIMITS = {"tests": 100, "bench_gpt2": 100, "train": 70, "bench_modern": 60}  # 330 s: --minutes 5.5
+BENCH = {"cuda": ["--batch_size", "32", "--repeats", "5"], "cpu": ["--quick", "--repeats", "1", "--new_tokens", "4"]}
+TRAIN = {"cuda": ["--model", "gpt2", "--max_steps", "4", "--hellaswag_limit", "200"]}
 TRAIN["cpu"] = ["--model", "micro", "--seq_len", "64", "--total_batch_size", "512", "--max_steps", "3"]
 TRAIN["cpu"] += ["--hellaswag_limit", "8"]
 
@@ -101,7 +102,7 @@ def commands(device, folder, junit):
     """(name, command) of each step, in order."""
     python = [sys.executable]
     tests = [*python, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k", "cuda"]
-    tests += [f"--junitxml={junit}", *(["-n", "4", "--dist", "loadgroup"] if device == "cuda" else [])]
+    tests += [f"--junitxml={junit}", *(["-n", "6", "--dist", "loadgroup"] if device == "cuda" else [])]
     bench = [*python, "tools/bench.py", "--device", device, *BENCH[device]]
     bench += ["--hellaswag_dir", str(folder / "hellaswag")]
     train = [*python, "train_gpt2.py", "--device", device, *TRAIN[device], "--data_dir", str(folder / "shards")]
@@ -115,9 +116,23 @@ def commands(device, folder, junit):
     }
 
 
+def descendants(pid):
+    """Every process under pid, from Linux's /proc: torchrun starts its ranks in sessions of their own, out of reach of
+    a signal to its process group."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a process may end while it is read
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, generation = [], [pid]
+    while generation:
+        generation = [child for child, parent in parents.items() if parent in generation]
+        found += generation
+    return found
+
+
 def run_step(command, log, limit, env):
-    """(status, seconds): the command's output into `log`; past `limit` seconds its whole process group is killed
-    (pytest's workers, torchrun's ranks)."""
+    """(status, seconds): the command's output into `log`. Past `limit` seconds it is interrupted (pytest then writes
+    what it has, torchrun stops its ranks), and 10 s later killed, with every process it started."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -127,7 +142,14 @@ def run_step(command, log, limit, env):
             code = proc.wait(timeout=limit)
             status = "ok" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            everyone = [proc.pid, *descendants(proc.pid)]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            for pid in everyone:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
             status = f"timed out after {limit:.0f} s"
     return status, time.perf_counter() - t0
@@ -153,12 +175,12 @@ def tests_in(junit):
 
 
 def last_json(log):
-    """The last line of a bench log, as the figures it holds; None if the run ended without one."""
+    """The figures of a bench log: its JSON line, the last one (a warning at exit may follow it); None without one."""
     lines = Path(log).read_text(errors="replace").splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        return None
+    line = next((line for line in reversed(lines) if line.startswith('{"machine"')), None)
+    with contextlib.suppress(TypeError, json.JSONDecodeError):
+        return json.loads(line)
+    return None
 
 
 def train_figures(log):
@@ -166,13 +188,14 @@ def train_figures(log):
     text = Path(log).read_text(errors="replace")
     steps = re.findall(r"^step \d+ \|.* tok/sec (\d+) \| mfu ([\d.]+%|n/a)", text, re.MULTILINE)
     batch = re.search(r"tokens per step = (\d+) x", text)
-    events = {kind: re.findall(rf"^\d+ {kind} ([\d.]+)$", text, re.MULTILINE) for kind in ("val", "hella")}
+    events = {kind: re.findall(rf"^(\d+) {kind} ([\d.]+)$", text, re.MULTILINE) for kind in ("val", "hella")}
     return dict(
         steps=len(steps),
+        evaluated=int(events["val"][-1][0]) if events["val"] else None,
         batch_size=int(batch.group(1)) if batch else None,
         tokens_per_s=int(steps[-1][0]) if steps else None,
         mfu=steps[-1][1] if steps else None,
-        **{kind: float(values[-1]) if values else None for kind, values in events.items()},
+        **{kind: float(values[-1][1]) if values else None for kind, values in events.items()},
     )
 
 
@@ -235,7 +258,12 @@ def figures(results):
                 f"B={train['batch_size']}, {train['tokens_per_s']:,} tok/s, MFU {train['mfu']}",
             )
         )
-        rows.append(("train_gpt2.py, val loss and HellaSwag at the end", f"{train['val']}, {train['hella']}"))
+        rows.append(
+            (
+                f"train_gpt2.py, the last val loss and HellaSwag (step {train['evaluated']})",
+                f"{train['val']}, {train['hella']}",
+            )
+        )
     return rows
 
 
@@ -284,13 +312,24 @@ def markdown(env, steps, tests, results, device):
 
 # -----------------------------------------------------------------------------
 # the command line
+def write_report(out, info, steps, junit, results, device):
+    """OUT/report.md and OUT/report.json as the steps stand: rewritten after each, so that a run cut short by the
+    device tool's own limit still leaves one. Returns the markdown."""
+    tests = tests_in(junit)
+    report = markdown(info, steps, tests, results, device)
+    (out / "report.md").write_text(report)
+    line = dict(environment=info, steps=steps, tests=tests, results=results, goals=goals(results, device))
+    (out / "report.json").write_text(json.dumps(line) + "\n")
+    return report
+
+
 def run(out, device, folder, minutes):
     """Every step in turn, then the report: OUT/report.md (printed too) and OUT/report.json, one line. True if every
     step ended well."""
     if not (folder / "shards").is_dir():
         raise InputError(f"no bundle in {folder}: python tools/gpu_check.py bundle writes it (where ../shared/data is)")
     out.mkdir(parents=True, exist_ok=True)
-    deadline = time.perf_counter() + 60 * minutes
+    deadline, info = time.perf_counter() + 60 * minutes, environment(device)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFLINE_DATA": str(folder)}  # tests/conftest.py reads it
     env["TIKTOKEN_CACHE_DIR"] = str(folder / "tiktoken_cache")
     steps, results = {}, {}
@@ -305,12 +344,8 @@ def run(out, device, folder, minutes):
             steps[name] = dict(status=status, seconds=seconds, log=str(log), command=" ".join(command))
             results[name] = train_figures(log) if name == "train" else last_json(log) if name != "tests" else None
             print(f"{name}: {status} in {seconds:.0f} s", flush=True)
-        tests = tests_in(junit)
-    env = environment(device)
-    report = markdown(env, steps, tests, results, device)
-    (out / "report.md").write_text(report)
-    line = dict(environment=env, steps=steps, tests=tests, results=results, goals=goals(results, device))
-    (out / "report.json").write_text(json.dumps(line) + "\n")
+            write_report(out, info, steps, junit, results, device)
+        report = write_report(out, info, steps, junit, results, device)
     print("\n" + report, end="")
     return all(s["status"] == "ok" for s in steps.values())
 
