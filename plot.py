@@ -9,6 +9,7 @@ optional (pip install matplotlib): without it training only prints a notice once
 """
 
 import dataclasses
+import json
 import os
 import time
 from collections import deque
@@ -23,7 +24,7 @@ GPT3_124M_HELLASWAG = 0.337  # GPT-3 paper, table H.1 (GPT-3 Small)
 
 
 def read_log(log_file):
-    """log.txt as {kind: ([steps], [values])}, kinds train, val, hella."""
+    """log.txt as {kind: ([steps], [values])}, kinds train, val, val_bpb, hella."""
     if not Path(log_file).is_file():
         raise InputError(f"plot.py: {log_file} does not exist: name the --log_dir of a train_gpt2.py run")
     series = {}
@@ -41,6 +42,20 @@ def read_log(log_file):
     return series
 
 
+def reference(log_dir):
+    """(label, val loss, HellaSwag) of the model a run is held against: <log_dir>/reference.json's, which
+    `train_gpt2.py --eval_only` writes for the run's own val split; else OpenAI GPT-2 124M's as build-nanogpt
+    measured it, on its own FineWeb-Edu val shard (another split than yours unless you trained on that one)."""
+    path = Path(log_dir) / "reference.json"
+    if not path.is_file():
+        return "OpenAI GPT-2 124M (build-nanogpt's FineWeb-Edu val shard)", GPT2_124M_VAL_LOSS, GPT2_124M_HELLASWAG
+    try:
+        scores = json.loads(path.read_text())
+        return f"{scores['model']} on this val split", scores["val_loss"], scores["hellaswag"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"plot.py: {path} is not train_gpt2.py --eval_only's ({e!r}): delete it, or write it again")
+
+
 def plot_run(log_dir):
     """Draw <log_dir>/log.txt into <log_dir>/plot.png and return its path; None without matplotlib."""
     log_dir = Path(log_dir)
@@ -52,6 +67,7 @@ def plot_run(log_dir):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    ref_label, ref_loss, ref_hella = reference(log_dir)
     panels = 2 if "hella" in series else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
 
@@ -66,19 +82,23 @@ def plot_run(log_dir):
         ax.set_ylim(
             low - 0.1, min(high, low + 4.0) + 0.1
         )  # the early steps near ln(50257) = 10.8 would flatten the rest
-        if low - 1.0 <= GPT2_124M_VAL_LOSS:  # only once the run comes within a nat of it: a far line says nothing
-            ax.axhline(
-                GPT2_124M_VAL_LOSS, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})"
-            )
+        if low - 1.0 <= ref_loss:  # only once the run comes within a nat of it: a far line says nothing
+            ax.axhline(ref_loss, color="red", ls="--", lw=1, label=f"{ref_label} ({ref_loss:.4f})")
     ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
+    if "val_bpb" in series:  # the same evaluations in bits per UTF-8 byte of text: comparable across tokenizers
+        bpb = ax.twinx()
+        bpb.plot(*series["val_bpb"], color="tab:orange", ls=":", marker=".", label="val bits per byte (right)")
+        bpb.set_ylabel("val bits per byte")
+        bpb.legend(loc="center right")
 
     if "hella" in series:
         ax = axes[0][1]
         ax.plot(*series["hella"], marker="o", ms=3, color="green", label="this run")
         ax.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
-        ax.axhline(GPT2_124M_HELLASWAG, color="red", ls="--", lw=1, label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
+        if ref_hella is not None:
+            ax.axhline(ref_hella, color="red", ls="--", lw=1, label=f"{ref_label} ({ref_hella:.4f})")
         ax.axhline(
             GPT3_124M_HELLASWAG, color="purple", ls="--", lw=1, label=f"OpenAI GPT-3 124M ({GPT3_124M_HELLASWAG})"
         )

@@ -14,8 +14,10 @@ signals), plot.py (log.txt, wandb), cli.py (flags, one-line errors). Importing i
 
 import dataclasses
 import functools
+import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,6 +508,7 @@ class TrainConfig:
     zero_init: bool | None = flag(None, "zero-init projections, head (default: off)")
     logit_softcap: float | None = flag(None, "cap the logits smoothly at ± this (default: 0, off)")
     init_from: str | None = flag(None, "weights: gpt2 ... gpt2-xl, an HF folder, ours")
+    eval_only: bool = flag(False, "score --init_from on the val split and HellaSwag, train nothing")
     batch_size: int | None = flag(None, "B per process (default: 64 or less, fitted)")
     seq_len: int = flag(1024, "T: tokens per sequence (at most the preset's block_size)")
     total_batch_size: int = flag(524288, "tokens per optimizer step (2**19, GPT-3 small's)")
@@ -554,9 +557,10 @@ def get_lr(step, cfg, max_lr=None):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def evaluate(model, val_loader, n_seqs, batch_size, rank, world_size, device, autocast):
+def evaluate(model, val_loader, n_seqs, batch_size, device, autocast):
     """Mean loss over the val stream's first n_seqs sequences, each rank scoring a share of them."""
-    T, first, last = val_loader.T, rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
+    T, rank, world_size = val_loader.T, val_loader.rank, val_loader.world_size
+    first, last = rank * n_seqs // world_size, (rank + 1) * n_seqs // world_size
     loss_sum = torch.zeros((), device=device)
     with torch.no_grad():
         for i in range(first, last, batch_size):
@@ -590,7 +594,7 @@ def train(cfg, signals=None):
     B, T = hardware.micro_batch_size(cfg, ckpts.saved_args.get("batch_size"), world_size), cfg.seq_len
     train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
     val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
-    val_seqs = val_sequences(cfg, val_loader)
+    val_seqs, bits_per_byte = val_sequences(cfg, val_loader)  # and what turns a val loss into bits per byte
     # the model in autocast's precision, B fitted to the GPU, compiled, wrapped for DDP
     dtype, why = hardware.autocast_dtype(cfg.dtype, device)
     autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
@@ -615,9 +619,9 @@ def train(cfg, signals=None):
         due = periodic_work(step, cfg, ckpts.evaluated_step)
         with hardware.whole_weights(raw_model, cfg.fsdp and bool(due - {"checkpoint"}), GPT) as whole:
             if "val" in due:
-                scorer = whole if cfg.fsdp else model
-                val_loss = evaluate(scorer, val_loader, val_seqs, B, rank, world_size, device, autocast)
+                val_loss = evaluate(whole if cfg.fsdp else model, val_loader, val_seqs, B, device, autocast)
                 run_log.event(step, "val", val_loss)
+                run_log.event(step, "val_bpb", val_loss * bits_per_byte)
             if "hella" in due:  # B // 4 examples of 4 rows per forward: a micro-batch's memory
                 n, _, n_norm = hellaswag.evaluate(whole, hella, T, device, autocast, B // 4 or 1, rank, world_size)
                 run_log.event(step, "hella", n_norm / n)
@@ -674,11 +678,18 @@ def train(cfg, signals=None):
 # -----------------------------------------------------------------------------
 # the steps train() names, in its order
 def val_sequences(cfg, val_loader):
-    """The sequences evaluation scores: --val_tokens' worth, or all that the val split holds."""
+    """(n, bits_per_byte): the sequences evaluation scores, --val_tokens' worth or all that the val split holds; and
+    the factor from their mean loss (nats per token) to bits per UTF-8 byte of the text their targets decode to,
+    which compares across tokenizers (<|endoftext|> is no text: 0 bytes, as nanochat counts it)."""
     n_tokens, T = val_loader.total_tokens, cfg.seq_len
     if n_tokens - 1 < T:
         raise InputError(f"the val split holds {n_tokens} tokens, fewer than one sequence of --seq_len {T} + 1")
-    return min(cfg.val_tokens, n_tokens - 1) // T
+    n = min(cfg.val_tokens, n_tokens - 1) // T
+    enc = gpt2_tokenizer()
+    token_bytes = torch.tensor([len(enc.decode_single_token_bytes(i)) for i in range(GPT2_VOCAB_SIZE)])
+    token_bytes[enc.eot_token] = 0
+    n_bytes = sum(token_bytes[val_loader.batch_at(i * T, min(256, n - i))[1]].sum().item() for i in range(0, n, 256))
+    return n, n * T / n_bytes / math.log(2)
 
 
 def initial_model(cfg, resumed, log):
@@ -745,7 +756,7 @@ def describe_run(log, cfg, resume_path, model, precision, train_loader, val_load
     n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
     log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
     if cfg.val_tokens > n_val - 1:
-        n_seqs = val_sequences(cfg, val_loader)
+        n_seqs, _ = val_sequences(cfg, val_loader)
         evaluated = f"evaluating all {n_seqs * T:,} of them"
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
 
@@ -810,6 +821,8 @@ def parse_args(argv=None):
         parser.error(f"--run_name {cfg.run_name!r} must be a plain folder name such as gpt2-run1")
     if cfg.fsdp and cfg.muon_lr:
         parser.error("--fsdp with Muon (--muon_lr): torch's Muon would orthogonalize each shard, not the matrix")
+    if cfg.eval_only and (cfg.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        parser.error("--eval_only scores --init_from in one process: without --resume, and not under torchrun")
     if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N > 1)")
     if cfg.log_dir is None:
@@ -874,10 +887,46 @@ def out_of_memory(cfg):
     return f"out of memory ({model}, --batch_size {B}, --seq_len {cfg.seq_len}): {fix}"
 
 
+def evaluate_only(cfg):
+    """--eval_only: the weights of --init_from scored as a run scores itself, in one process: the val loss and bits per
+    byte on --data_dir's val split (--val_tokens, --seq_len), HellaSwag unless --hellaswag_interval 0. Printed, and
+    written to <log_dir>/reference.json, the line plot.py draws for that split. Nothing is trained or checkpointed."""
+    if cfg.init_from is None:
+        raise InputError(
+            "--eval_only scores --init_from's weights: name gpt2 ... gpt2-xl, an HF folder or a checkpoint"
+        )
+    device = hardware.pick_device(cfg.device)
+    dtype, _ = hardware.autocast_dtype(cfg.dtype, device)
+    autocast = torch.autocast(device.type, dtype, enabled=dtype != torch.float32)
+    B, T = cfg.batch_size or 8, cfg.seq_len
+    val_loader = DataLoaderLite(cfg.data_dir, "val", B, T)  # before the weights: bad data need not wait for gpt2-xl
+    n_seqs, bits_per_byte = val_sequences(cfg, val_loader)
+    hella = hellaswag.load_examples(cfg.hellaswag_dir, "val", cfg.hellaswag_limit) if cfg.hellaswag_interval else []
+    model = initial_model(cfg, None, print).to(device).eval()
+    val_loss = evaluate(model, val_loader, n_seqs, B, device, autocast)
+    split = dict(data_dir=str(Path(cfg.data_dir).resolve()), val_tokens=n_seqs * T, seq_len=T)
+    scores = dict(model=cfg.init_from, **split, val_loss=val_loss, val_bpb=val_loss * bits_per_byte, hellaswag=None)
+    if hella:
+        n, _, n_norm = hellaswag.evaluate(model, hella, T, device, autocast, B // 4 or 1, progress=True)
+        scores |= dict(hellaswag=n_norm / n, hellaswag_examples=n)
+    hella_text = f"{scores['hellaswag']:.4f} ({len(hella):,} examples)" if hella else "not scored"
+    print(f"{cfg.init_from} on the val split of {cfg.data_dir}, {n_seqs * T:,} tokens of --seq_len {T}:")
+    print("| val loss | val bits per byte | HellaSwag acc_norm |\n| --- | --- | --- |")
+    print(f"| {val_loss:.4f} | {scores['val_bpb']:.4f} | {hella_text} |")
+    path = Path(cfg.log_dir) / "reference.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(scores, indent=1) + "\n")
+    path.with_suffix(".tmp").replace(path)  # whole or not at all: plot.py may read it while a run draws
+    print(f"wrote {path}: plot.py draws it as the line to reach on this split")
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        train(cfg, checkpoint.StopSignals())
+        if cfg.eval_only:
+            evaluate_only(cfg)
+        else:
+            train(cfg, checkpoint.StopSignals())
     except checkpoint.Interrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(e)
@@ -891,6 +940,13 @@ def main(argv=None):
     finally:  # after an error too: a process group left behind makes NCCL warn on every rank
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if "RANK" in os.environ:
+        # a torchrun rank whose work is done and saved leaves now, before the interpreter's and C++'s teardown, where
+        # gloo now and then aborts a CPU rank after a complete run ("terminate called without an active exception",
+        # torch 2.13, about one run in thirty under load)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

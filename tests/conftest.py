@@ -66,8 +66,9 @@ def run_script(script, *args, torchrun=0, cwd=None, env=None, timeout=600):
     return subprocess.CompletedProcess(cmd, code, *output)
 
 
-# what the interpreter, libc, OpenMP, torch, its compiler's config (CXX) and matplotlib read as they are imported
-READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_", "TORCH", "CXX", "MPL")
+# what the interpreter, libc, OpenMP, torch, its compiler's config (CXX), tiktoken and matplotlib read as they are
+# imported (tests/prewarmed.py has imported them)
+READ_AT_START = ("PYTHON", "LD_", "MALLOC_", "OMP_", "MKL_", "TORCH", "CXX", "TIKTOKEN", "MPL")
 
 
 class Prewarmed:
@@ -295,6 +296,30 @@ def sample_stdout_of():
 def log_of():
     """log_of(log_dir): its log.txt as {(step, kind): value}."""
     return read_log
+
+
+def assert_bits_per_byte(log, shards, n_tokens):
+    """Every val_bpb in `log` (read_log's) is its val loss in bits per UTF-8 byte of the text the val split's first
+    n_tokens targets decode to, counted here with tiktoken, <|endoftext|> as no text: loss / ln 2 x tokens / bytes.
+    Within the log's rounding (4 decimals each)."""
+    import math
+
+    import numpy as np
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    val = np.load(min(Path(shards).glob("*_val_*.npy")))  # shard 0: the val split
+    targets = [t for t in val[1 : n_tokens + 1].tolist() if t != enc.eot_token]
+    factor = n_tokens / len(enc.decode_bytes(targets)) / math.log(2)
+    for (step, kind), value in log.items():
+        if kind == "val":
+            assert abs(log[step, "val_bpb"] - value * factor) <= 1e-4, (step, log[step, "val_bpb"], value * factor)
+
+
+@pytest.fixture(scope="session")
+def bits_per_byte_of():
+    """bits_per_byte_of(log, shards, n_tokens): asserts each val_bpb of log_of's dict against an independent count."""
+    return assert_bits_per_byte
 
 
 @pytest.fixture(scope="session")

@@ -180,6 +180,8 @@ BAD_INPUTS = [
     row("val_tokens under one sequence", "train", ["--val_tokens", "10"], 2, "--val_tokens 10 is less than one sequence"),
     row("seq_len over block_size", "train", ["--seq_len", "4096"], 2, "block_size of 128"),
     row("unknown device name", "train", ["--device", "tpu"], 2, "--device"),
+    row("eval_only of no weights", "train", ["--eval_only"], 1, "--eval_only scores --init_from's weights"),
+    row("eval_only with resume", "train", ["--eval_only", "--init_from", "gpt2", "--resume"], 2, "--eval_only scores --init_from in one process"),
     row("heads do not divide width", "train", ["--n_head", "3"], 2, "not divisible by --n_head 3"),
     row("unknown model preset", "train", ["--model", "gpt7"], 2, "'gpt7'"),
     # cuda:99 is missing on every machine, GPU or not (mps too is refused where it is missing)

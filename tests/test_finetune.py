@@ -1,6 +1,8 @@
 """train_gpt2.py --init_from: fine-tuning from Hugging Face weights (a small random GPT-2 saved here with
 save_pretrained, as OpenAI's are loaded) or from one of our checkpoints (bad input: test_errors.py)."""
 
+import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -115,3 +117,48 @@ def test_a_fine_tuned_checkpoint_samples_scores_and_exports(finetuned, run, shar
     from transformers import GPT2LMHeadModel
 
     assert GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.vocab_size == 50257
+
+
+def hf_own_loss(folder, shards, n_seqs, T):
+    """transformers' own loss (it shifts the labels itself), in float64, over the val split's first n_seqs rows of
+    T + 1 tokens: each row's T next-token predictions, as train_gpt2.py scores them."""
+    from transformers import GPT2LMHeadModel
+
+    tokens = torch.from_numpy(np.load(shards / "shakespeare_val_000000.npy").astype(np.int64))
+    rows = torch.stack([tokens[i * T : i * T + T + 1] for i in range(n_seqs)])
+    hf = GPT2LMHeadModel.from_pretrained(folder).double().eval()
+    with torch.no_grad():
+        return hf(rows, labels=rows).loss.item()
+
+
+def test_eval_only_scores_the_weights_as_transformers_does_and_writes_only_reference_json(
+    train, tiny_hf, shakespeare_shards, shared_data, snapshot_of, bits_per_byte_of, tmp_path
+):
+    log_dir = tmp_path / "run"  # a run's log dir: it gains reference.json, nothing else changes
+    log_dir.mkdir()
+    (log_dir / "log.txt").write_text("0 train 10.900000\n0 val 10.8000\n")
+    before = snapshot_of(tmp_path, shakespeare_shards)
+    hella = ["--hellaswag_dir", shared_data / "hellaswag", "--hellaswag_limit", "8"]
+    flags = ["--data_dir", shakespeare_shards, "--log_dir", log_dir, "--seq_len", "64", "--val_tokens", "4096"]
+    proc = train("--eval_only", "--init_from", tiny_hf, *flags, *hella, "--dtype", "float32", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot_of(tmp_path, shakespeare_shards)
+    assert {path: digest for path, digest in after.items() if path.name != "reference.json"} == before
+    scores = json.loads((log_dir / "reference.json").read_text())
+    assert (scores["model"], scores["val_tokens"], scores["seq_len"], scores["hellaswag_examples"]) == (
+        str(tiny_hf),
+        4096,
+        64,
+        8,
+    )
+    # float32 against float64: apart by the float32 rounding of a loss near 11, not by a mis-scored token
+    assert abs(scores["val_loss"] - hf_own_loss(tiny_hf, shakespeare_shards, 64, 64)) < 1e-5
+    bits_per_byte_of({(0, "val"): scores["val_loss"], (0, "val_bpb"): scores["val_bpb"]}, shakespeare_shards, 4096)
+    assert 0 <= scores["hellaswag"] <= 1 and f"| {scores['val_loss']:.4f} | {scores['val_bpb']:.4f} |" in proc.stdout
+
+    import plot
+
+    assert plot.reference(log_dir) == (f"{tiny_hf} on this val split", scores["val_loss"], scores["hellaswag"])
+    assert plot.reference(tmp_path)[0] == "OpenAI GPT-2 124M (build-nanogpt's FineWeb-Edu val shard)"  # no file
+    if importlib.util.find_spec("matplotlib"):  # optional; CI installs it
+        assert plot.plot_run(log_dir) == log_dir / "plot.png"

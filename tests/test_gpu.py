@@ -412,7 +412,7 @@ def test_a_run_in_auto_precision_resumes_after_sigterm_and_its_checkpoint_sample
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
 def test_ddp_takes_the_steps_of_one_process_with_as_many_micro_steps(
-    device, recipe, train, agree_within_noise, tiny, shakespeare_shards, tmp_path
+    device, recipe, train, agree_within_noise, log_of, bits_per_byte_of, tiny, shakespeare_shards, tmp_path
 ):
     # NCCL between GPUs (one each: as many processes as there are, up to 2), gloo between CPU processes. The DDP sync
     # must happen on the LAST micro-step: any other leaves a micro-step's gradient un-averaged, and the ranks' weights
@@ -434,3 +434,4 @@ def test_ddp_takes_the_steps_of_one_process_with_as_many_micro_steps(
     # rounding in another order grows through the steps (Muon's bfloat16 iterations most), as much on any CPU and
     # thread count as between DDP and one process; a micro-step's gradient left un-averaged moves the losses by orders more
     agree_within_noise(tmp_path / "one", tmp_path / "ddp", tmp_path / "other_order", step=6)
+    bits_per_byte_of(log_of(tmp_path / "ddp"), shakespeare_shards, n_tokens=127 * 32)  # each rank's share together

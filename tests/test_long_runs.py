@@ -170,7 +170,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(
     assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == ["model_00002.pt", "model_00004.pt"]
     assert all(torch.load(p, weights_only=True)["step"] == checkpoint_step(p) for p in checkpoint_paths(tmp_path))
     log = (tmp_path / "log.txt").read_text()
-    assert log.startswith(log_before) and re.fullmatch(r"(\d+ (train|val) \d+\.\d+\n)+", log)
+    assert log.startswith(log_before) and re.fullmatch(r"(\d+ (train|val|val_bpb) \d+\.\d+\n)+", log)
 
     resumed = train(*args, "--max_steps", 8, "--resume")  # space again: the run goes on from step 4
     assert resumed.returncode == 0 and "at step 4" in resumed.stdout, resumed.stderr

@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from train_gpt2 import GPT, DataLoaderLite, GPTConfig, TrainConfig, evaluate, get_lr, make_model_config, parse_args
+from train_gpt2 import (
+    GPT,
+    DataLoaderLite,
+    GPTConfig,
+    TrainConfig,
+    evaluate,
+    get_lr,
+    make_model_config,
+    parse_args,
+    val_sequences,
+)
 
 pytestmark = pytest.mark.xdist_group("recipe")  # one worker: its module fixtures are computed once
 
@@ -182,9 +192,7 @@ def test_val_loss_is_the_mean_over_every_token_when_batches_are_uneven(spread_mo
         batches = [loader.batch_at(i * 32, n) for i, n in ((0, 2), (2, 2), (4, 1))]
         batch_means = [spread_model(x, y)[1].item() for x, y in batches]
     assert abs(sum(batch_means) / 3 - expected) > 1e-3  # averaging per batch would be visibly wrong here
-    got = evaluate(
-        spread_model, loader, n_seqs=5, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"), autocast=FP32
-    )
+    got = evaluate(spread_model, loader, n_seqs=5, batch_size=2, device=torch.device("cpu"), autocast=FP32)
     assert got == pytest.approx(expected, abs=1e-5), f"val loss {got}, the per-token mean {expected}"
 
 
@@ -202,7 +210,7 @@ def test_val_loss_over_two_ranks_with_uneven_shares_is_the_mean_over_every_token
         "model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)).eval()\n"
         f"model.load_state_dict(torch.load({str(tmp_path / 'model.pt')!r}))\n"
         f"loader = DataLoaderLite({str(shakespeare_shards)!r}, 'val', 2, 32, rank, 2)\n"
-        "loss = evaluate(model, loader, 5, 2, rank, 2, torch.device('cpu'), torch.autocast('cpu', enabled=False))\n"  # 2 and 3 sequences
+        "loss = evaluate(model, loader, 5, 2, torch.device('cpu'), torch.autocast('cpu', enabled=False))\n"  # 2 and 3 sequences
         "if rank == 0:\n"
         "    print(f'val {loss:.8f}')\n"
         "torch.distributed.destroy_process_group()\n"
@@ -212,3 +220,20 @@ def test_val_loss_over_two_ranks_with_uneven_shares_is_the_mean_over_every_token
     got = float(re.search(r"val (\S+)", proc.stdout).group(1))
     expected = per_token_mean(spread_model, DataLoaderLite(shakespeare_shards, "val", 2, 32), 5)
     assert got == pytest.approx(expected, abs=1e-5), f"val loss {got} over 2 ranks, the per-token mean {expected}"
+
+
+def test_bits_per_byte_count_the_scored_targets_bytes_and_no_bytes_for_end_of_text(tmp_path):
+    import numpy as np
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    documents = ["First, a citizen.", "Speak, speak! ", "é and ü take two bytes each", "\n\n"]
+    tokens = [t for doc in documents for t in [enc.eot_token, *enc.encode_ordinary(doc)]] * 8
+    np.save(tmp_path / "docs_val_000000.npy", np.array(tokens, dtype=np.uint16))
+    np.save(tmp_path / "docs_train_000001.npy", np.array(tokens, dtype=np.uint16))
+    cfg = TrainConfig(data_dir=str(tmp_path), seq_len=16, val_tokens=10**6)
+    n_seqs, bits_per_byte = val_sequences(cfg, DataLoaderLite(tmp_path, "val", 2, 16))
+    targets = tokens[1 : n_seqs * 16 + 1]
+    assert n_seqs == (len(tokens) - 1) // 16 and enc.eot_token in targets
+    text = enc.decode_bytes([t for t in targets if t != enc.eot_token])  # <|endoftext|> is no text
+    assert bits_per_byte == pytest.approx(n_seqs * 16 / len(text) / math.log(2), rel=1e-12)

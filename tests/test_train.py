@@ -212,7 +212,9 @@ def test_loader_reshuffles_each_epoch_and_resumes_exactly(counting_shards):
 # --- training end to end -------------------------------------------------------
 
 
-def test_training_loss_falls_and_output_follows_design(train, log_of, tiny, shakespeare_shards, tmp_path):
+def test_training_loss_falls_and_output_follows_design(
+    train, log_of, bits_per_byte_of, tiny, shakespeare_shards, tmp_path
+):
     proc = train(
         *tiny,
         "--data_dir",
@@ -235,9 +237,10 @@ def test_training_loss_falls_and_output_follows_design(train, log_of, tiny, shak
     assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses  # from ~10.8 (uniform over 50k) to well below
 
     lines = (tmp_path / "log.txt").read_text().splitlines()
-    assert all(re.fullmatch(r"\d+ (train \d+\.\d{6}|val \d+\.\d{4})", line) for line in lines), lines
+    assert all(re.fullmatch(r"\d+ (train \d+\.\d{6}|val \d+\.\d{4}|val_bpb \d+\.\d{4})", line) for line in lines), lines
     log = log_of(tmp_path)
-    assert [s for s, kind in log if kind == "val"] == [0, 10, 20]
+    assert [s for s, kind in log if kind == "val"] == [0, 10, 20] == [s for s, kind in log if kind == "val_bpb"]
+    bits_per_byte_of(log, shakespeare_shards, n_tokens=4096)  # the tiny run's --val_tokens
     assert [log[s, "train"] for s in range(20)] == losses
     assert log[20, "val"] < log[0, "val"] - 1.0
 
