@@ -181,6 +181,8 @@ BAD_INPUTS = [
     row("seq_len over block_size", "train", ["--seq_len", "4096"], 2, "block_size of 128"),
     row("unknown device name", "train", ["--device", "tpu"], 2, "--device"),
     row("eval_only of no weights", "train", ["--eval_only"], 1, "--eval_only scores --init_from's weights"),
+    row("eval_only into a folder it cannot write", "train", ["--eval_only", "--init_from", "{tmp}/hf", "--hellaswag_interval", "0", "--log_dir", "/proc/gpt2-kit/log"], 1,
+        "--log_dir /proc/gpt2-kit/log: cannot write reference.json there", hf_folder()),
     row("eval_only with resume", "train", ["--eval_only", "--init_from", "gpt2", "--resume"], 2, "--eval_only scores --init_from in one process"),
     row("heads do not divide width", "train", ["--n_head", "3"], 2, "not divisible by --n_head 3"),
     row("unknown model preset", "train", ["--model", "gpt7"], 2, "'gpt7'"),

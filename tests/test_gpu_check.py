@@ -126,10 +126,12 @@ def test_a_failed_step_and_one_past_its_limit_are_reported_and_the_next_steps_ru
     assert {step["status"] for step in report["steps"].values()} == {"not run: --minutes spent"}
 
 
-def test_bad_input_is_one_line(run, tmp_path):
+def test_bad_input_is_one_line(run, bundle, tmp_path):
+    (tmp_path / "a_file").write_text("")
     for args, says in [
         (["run", tmp_path / "out", "--device", "cpu", "--bundle", tmp_path / "none"], "no bundle in"),
         (["bundle", "--data", tmp_path, "--to", tmp_path / "b"], f"{tmp_path} lacks tiktoken_cache"),
+        (["run", tmp_path / "a_file", "--device", "cpu", "--bundle", bundle], f"{tmp_path / 'a_file'} is a file"),
     ]:
         proc = run("tools/gpu_check.py", *args)
         assert proc.returncode == 1 and proc.stderr.startswith(says) and proc.stderr.count("\n") == 1, proc.stderr

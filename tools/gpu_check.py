@@ -328,6 +328,8 @@ def run(out, device, folder, minutes):
     step ended well."""
     if not (folder / "shards").is_dir():
         raise InputError(f"no bundle in {folder}: python tools/gpu_check.py bundle writes it (where ../shared/data is)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file: name a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     deadline, info = time.perf_counter() + 60 * minutes, environment(device)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFLINE_DATA": str(folder)}  # tests/conftest.py reads it
