@@ -7,6 +7,7 @@ Nothing here imports a script: train_gpt2.py, sample.py and hellaswag.py read ch
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import shutil
@@ -93,13 +94,14 @@ def load_weights(path, device="cpu"):
 @dataclasses.dataclass
 class TrainingState:
     """A run's stateful parts, which a checkpoint saves and a resume puts back: the bare model (FSDP-sharded or
-    not), its optimizers, float16's gradient scaler, the train loader's place; and the run's log, whose wandb run a
-    resume continues."""
+    not), its optimizers, float16's gradient scaler, the train loader's place, the run's clock (a --time_budget's
+    plan and time spent); and the run's log, whose wandb run a resume continues."""
 
     model: torch.nn.Module
     optimizers: list
     scaler: torch.amp.GradScaler
     train_loader: object
+    pace: object = None
     run_log: object = None
 
 
@@ -127,6 +129,7 @@ def training_state(step, val_loss, state, device, cfg, keep=True):
         "optimizer": optimizer_states,
         "scaler": state.scaler.state_dict(),
         "train_loader": state.train_loader.state_dict(),
+        "pace": state.pace.state_dict() if state.pace is not None else None,
         "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         "args": dataclasses.asdict(cfg),
         "wandb_run_id": wandb_run.id if wandb_run is not None else None,
@@ -304,7 +307,7 @@ class Checkpoints:
         self.state, step, val_loss = state, 0, None
         if self.resumed is not None:
             step, val_loss = restore_training_state(self.path, self.resumed, state, self.device, self.cfg, self.log)
-        if self.master:  # held open until the process ends
+        if self.master and not self.cfg.plan:  # held open until the process ends; --plan writes nothing
             self.lock = lock_log_dir(Path(self.cfg.log_dir))
         return step, val_loss
 
@@ -337,7 +340,9 @@ class Checkpoints:
         state = training_state(step, val_loss, self.state, self.device, self.cfg, keep=self.master)
         state["evaluated"] = evaluated
         path, error = Path(self.cfg.log_dir) / f"model_{step:05d}.pt", None
-        if self.master:
+        if self.master and self.cfg.plan:  # timed, not written
+            torch.save(state, io.BytesIO())
+        elif self.master:
             try:
                 save_checkpoint(path, state)
                 self.prune(path)

@@ -8,6 +8,7 @@ process group). Every script's --device and --dtype end here; nothing here impor
 import contextlib
 import functools
 import math
+import re
 
 import torch
 
@@ -74,19 +75,45 @@ def autocast_dtype(dtype, device):
     return getattr(torch, dtype), why
 
 
-# dense bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; the first name found in the device name wins
-GPU_BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+# dense tensor-core peaks, (bf16, fp16) FLOP/s, from NVIDIA's datasheets and architecture whitepapers (GeForce cards:
+# with FP32 accumulate, as autocast's matmuls run; the RTX 5090's fp16 row taken equal to its bf16 one). A key matches a
+# whole word of the device's name, case aside; the first that matches wins. T4 and V100 have no bf16 (None)
+GPU_PEAK_FLOPS = {
+    "H100 PCIe": (756e12, 756e12),
+    "H100 NVL": (835e12, 835e12),
+    "H200 NVL": (835e12, 835e12),
+    "H100": (989e12, 989e12),
+    "H200": (989e12, 989e12),
+    "A100": (312e12, 312e12),
+    "L40S": (362e12, 362e12),
+    "A10": (125e12, 125e12),
+    "L4": (121e12, 121e12),
+    "RTX A6000": (154.8e12, 154.8e12),
+    "RTX 5090": (209.5e12, 209.5e12),
+    "RTX 4090": (165.2e12, 165.2e12),
+    "RTX 3090": (71.2e12, 71e12),
+    "V100S": (None, 130e12),
+    "V100-PCIE": (None, 112e12),
+    "V100": (None, 125e12),
+    "T4": (None, 65e12),
+}
 
 
 @functools.cache  # asked at every step, for MFU: the device's name is looked up once
-def peak_flops(device):
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
+def peak_flops(device, dtype):
+    """The device's dense tensor-core peak for dtype (bfloat16 or float16), None where unknown: a CPU, MPS, a GPU not
+    in GPU_PEAK_FLOPS, or float32."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    known = (peaks for key, peaks in GPU_PEAK_FLOPS.items() if re.search(rf"\b{key}\b", name, re.IGNORECASE))
+    peaks = next(known, None)
+    return peaks and peaks[dtype == torch.float16]
 
 
-def mfu(flops_per_second, device):
+def mfu(flops_per_second, device, dtype=torch.bfloat16):
     """Model FLOPs utilization: the share of the device's peak that training's FLOPs use (None: peak unknown)."""
-    peak = peak_flops(device)
+    peak = peak_flops(device, dtype)
     return flops_per_second / peak if peak else None
 
 

@@ -11,8 +11,6 @@ optional (pip install matplotlib): without it training only prints a notice once
 import dataclasses
 import json
 import os
-import time
-from collections import deque
 from datetime import timedelta
 from pathlib import Path
 
@@ -140,11 +138,9 @@ class RunLog:
     `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
     after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
 
-    def __init__(self, log_dir, checkpoint, cfg, wandb=None):
-        self.log_dir, self.path, self.wandb_run, self.plot_run = log_dir, None, None, None
-        self.max_steps = cfg.max_steps
-        self.started, self.step_ends = time.perf_counter(), deque(maxlen=21)  # the recent steps' ends, for pace()
-        if log_dir is None:
+    def __init__(self, log_dir, checkpoint, cfg, wandb=None, pace=None):
+        self.log_dir, self.path, self.wandb_run, self.plot_run, self.pace = log_dir, None, None, None, pace
+        if log_dir is None or cfg.plan:  # --plan writes nothing
             return
         resumed_step = checkpoint["step"] if checkpoint is not None else None
         self.path = log_dir / "log.txt"
@@ -188,40 +184,34 @@ class RunLog:
 
     def step(self, step, loss, lr, norm, tok_per_sec, mfu):
         """An optimizer step: log.txt's train line and the step's metrics for wandb; the step line's end, how long
-        the run has taken and has left."""
-        elapsed, eta = self.pace(step, self.max_steps)
-        self.event(step, "train", loss)
-        self.metrics(step, lr=lr, norm=norm, tok_per_sec=tok_per_sec, **({"mfu": mfu} if mfu else {}))
-        return f"elapsed {hours(elapsed)} | eta {'n/a' if eta is None else hours(eta)}"
+        the run has trained and has left (budget.Pace's clock)."""
+        elapsed, eta = self.pace.times(step)
+        self.event(step, train=loss)
+        times = dict(elapsed_s=elapsed, **({"eta_s": eta} if eta is not None else {}), **({"mfu": mfu} if mfu else {}))
+        self.metrics(step, lr=lr, norm=norm, tok_per_sec=tok_per_sec, **times)
+        return f"elapsed {hours(elapsed)} | eta {'n/a' if eta is None else hours(eta)}{self.pace.note()}"
 
-    def pace(self, step, max_steps):
-        """(seconds since training began in this process, an estimate of the seconds left to max_steps or None):
-        the mean of the last 20 steps, evaluations included, the first (which compiles) left out."""
-        now, ends = time.perf_counter(), self.step_ends
-        ends.append(now)
-        eta = (ends[-1] - ends[0]) / (len(ends) - 1) * (max_steps - step - 1) if len(ends) > 1 else None
-        self.metrics(step, elapsed_s=now - self.started, **({"eta_s": eta} if eta is not None else {}))
-        return now - self.started, eta
-
-    def event(self, step, kind, value):
+    def event(self, step, **values):
+        """log.txt's lines `<step> <kind> <value>`, one per value; an evaluation's printed too, and the plot redrawn."""
         if self.path is None:
             return
-        line = f"{step} {kind} {value:.6f}" if kind == "train" else f"{step} {kind} {value:.4f}"
-        if kind != "train":
-            print(line)
+        lines = [f"{step} {kind} {value:{'.6f' if kind == 'train' else '.4f'}}" for kind, value in values.items()]
         with open(self.path, "a") as f:
-            f.write(line + "\n")
-        if kind != "train":  # the plot redrawn at every evaluation
+            f.write("".join(line + "\n" for line in lines))
+        if "train" not in values:
+            print("\n".join(lines))
             self.plot()
-        self.metrics(step, **{kind: value})
+        self.metrics(step, **values)
 
     def metrics(self, step, **values):
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
 
-    def finish(self):
+    def finish(self, step, val_loss):
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        if self.log_dir is not None:
+            print(self.pace.summary(step, val_loss))
 
     def plot(self):
         if self.plot_run is not None:

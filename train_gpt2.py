@@ -14,6 +14,7 @@ signals), plot.py (log.txt, wandb), cli.py (flags, one-line errors). Importing i
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+import budget
 import checkpoint
 import cli
 import hardware
@@ -519,7 +521,12 @@ class TrainConfig:
         "cosine", "cosine: to 10%% of the peak (GPT-3); wsd: flat, then linear to 0", choices=["cosine", "wsd"]
     )
     warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
-    max_steps: int = flag(19073, "optimizer steps (x 524288 tokens: 10B, an epoch)")
+    max_steps: int = flag(19073, "optimizer steps (x 524288 tokens: 10B, an epoch); with --time_budget, the most")
+    time_budget: float | None = flag(
+        None, "train this long (11h, 90m, 1h30m): the steps that fit, at most --max_steps", type=budget.duration
+    )
+    plan: bool = flag(False, "time the setup and a few steps, print how long the run takes and what fits, exit")
+    gpu_price: float | None = flag(None, "the cost of one GPU (or process) an hour, for --plan's cost")
     weight_decay: float = flag(0.1, "AdamW weight decay on matmul weights and embeddings")
     grad_clip: float = flag(1.0, "clip the global gradient norm to this")
     eval_interval: int = flag(250, "steps between validation runs (0: only at the end)")
@@ -588,8 +595,8 @@ def train(cfg, signals=None):
 
     # everything that can refuse the run does so before anything is written
     ckpts = checkpoint.Checkpoints(cfg, functools.partial(check_architecture, cfg), signals, master, device, log)
+    pace = budget.Pace(cfg, ckpts.resumed, get_lr)  # --time_budget counts from here; a resumed plan goes on
     wandb = plot.import_wandb() if cfg.wandb and master else None
-    enc = gpt2_tokenizer() if cfg.sample_interval and master else None
     hella = hellaswag.load_examples(cfg.hellaswag_dir, "val", cfg.hellaswag_limit) if cfg.hellaswag_interval else None
     B, T = hardware.micro_batch_size(cfg, ckpts.saved_args.get("batch_size"), world_size), cfg.seq_len
     train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, shuffle=cfg.shuffle, seed=cfg.seed)
@@ -609,27 +616,26 @@ def train(cfg, signals=None):
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
     optimizers = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # Micikevicius et al. 2018
-    state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader)
+    state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader, pace)
+    pace.start(model, state, autocast, val_seqs)  # with --time_budget: timed, a first plan (or a refusal)
     start_step, val_loss = ckpts.start(state)  # a resume's state put back; the log dir locked
-    run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, wandb)
+    run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, wandb, pace)
     describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
-    flops_per_token = raw_model.flops_per_token(T)  # for MFU: counted once, it walks every parameter
 
-    for step in range(start_step, cfg.max_steps + 1):
+    for step in itertools.count(start_step):  # to cfg.max_steps, which a --time_budget plans as it goes
         due = periodic_work(step, cfg, ckpts.evaluated_step)
         with hardware.whole_weights(raw_model, cfg.fsdp and bool(due - {"checkpoint"}), GPT) as whole:
             if "val" in due:
                 val_loss = evaluate(whole if cfg.fsdp else model, val_loader, val_seqs, B, device, autocast)
-                run_log.event(step, "val", val_loss)
-                run_log.event(step, "val_bpb", val_loss * bits_per_byte)
+                run_log.event(step, val=val_loss, val_bpb=val_loss * bits_per_byte)
             if "hella" in due:  # B // 4 examples of 4 rows per forward: a micro-batch's memory
                 n, _, n_norm = hellaswag.evaluate(whole, hella, T, device, autocast, B // 4 or 1, rank, world_size)
-                run_log.event(step, "hella", n_norm / n)
-            if enc and "sample" in due:
-                print_samples(whole, enc, device, autocast, cfg.seed + step, log)
+                run_log.event(step, hella=n_norm / n)
+            if master and "sample" in due:
+                print_samples(whole, device, autocast, cfg.seed + step, log)
         if "checkpoint" in due:
             ckpts.save(step, val_loss)
-        if step == cfg.max_steps:
+        if step >= cfg.max_steps:
             break
 
         # one optimizer step, timed on its own
@@ -666,13 +672,14 @@ def train(cfg, signals=None):
         loss_value, norm_value, tok_per_sec = loss_accum.item(), norm.item(), cfg.total_batch_size / dt
         if not math.isfinite(loss_value):
             raise diverged(step, loss_value, cfg)
-        mfu = hardware.mfu(flops_per_token * tok_per_sec / world_size, device)
+        cfg.max_steps = pace.step_done(step, due, t0, dt)  # timed; --time_budget: the steps that fit (budget.py)
+        mfu = pace.mfu(tok_per_sec)
         clock = run_log.step(step, loss_value, lr, norm_value, tok_per_sec, mfu)  # log.txt, wandb
         line = f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
         speed = f"tok/sec {tok_per_sec:.0f} | mfu {f'{100 * mfu:.2f}%' if mfu else 'n/a'}"
         log(f"{line} | {speed} | {clock}{float16_note(scaler, scale)}")
         ckpts.step_done(step + 1, val_loss)  # on a signal or every --checkpoint_minutes: saves
-    run_log.finish()
+    run_log.finish(step, val_loss)  # and the run's last line: how far it got, in what time
 
 
 # -----------------------------------------------------------------------------
@@ -733,6 +740,8 @@ def periodic_work(step, cfg, evaluated_step):
     if step == evaluated_step:
         return set()
     intervals = dict(val=cfg.eval_interval, hella=cfg.hellaswag_interval, sample=cfg.sample_interval)
+    if cfg.plan:  # each job once, one a step from step 0, to be timed (the checkpoint only serialized)
+        return set([job for job, n in {**intervals, "val": 1, "checkpoint": 1}.items() if n][step : step + 1])
     due = {job for job, n in {**intervals, "checkpoint": cfg.checkpoint_interval}.items() if n and step % n == 0}
     if step == cfg.max_steps:
         due = (due - {"sample"}) | {"val", "checkpoint"} | ({"hella"} if cfg.hellaswag_interval else set())
@@ -760,8 +769,9 @@ def describe_run(log, cfg, resume_path, model, precision, train_loader, val_load
         log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
 
 
-def print_samples(model, enc, device, autocast, seed, log):
+def print_samples(model, device, autocast, seed, log):
     """Four continuations of GPT-2's demo prompt, from their own generator: resumes stay exact."""
+    enc = gpt2_tokenizer()
     prompt = torch.tensor([enc.encode("Hello, I'm a language model,")] * 4, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast:
@@ -790,7 +800,7 @@ def float16_note(scaler, scale):
 POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
 POSITIVE_FLAGS += ["keep_checkpoints", "n_layer", "n_head", "n_embd"]
 NON_NEGATIVE_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval"]
-NON_NEGATIVE_FLAGS += ["checkpoint_interval", "checkpoint_minutes", "logit_softcap"]
+NON_NEGATIVE_FLAGS += ["checkpoint_interval", "checkpoint_minutes", "logit_softcap", "gpu_price"]
 # GPTConfig's fields that are flags too: --n_layer, --n_head, --n_embd and the switches
 ARCHITECTURE_FLAGS = [f.name for f in dataclasses.fields(GPTConfig) if f.name in TrainConfig.__dataclass_fields__]
 SWITCHES = [k for k in ARCHITECTURE_FLAGS if k not in MODEL_PRESETS["gpt2"]]  # beyond GPT-2
@@ -822,6 +832,8 @@ def parse_args(argv=None):
         parser.error("--fsdp with Muon (--muon_lr): torch's Muon would orthogonalize each shard, not the matrix")
     if cfg.eval_only and (cfg.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         parser.error("--eval_only scores --init_from in one process: without --resume, and not under torchrun")
+    if cfg.plan and (cfg.resume or cfg.eval_only):
+        parser.error("--plan times a new run: leave out --resume and --eval_only")
     if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N > 1)")
     if cfg.log_dir is None:
@@ -933,6 +945,9 @@ def main(argv=None):
             evaluate_only(cfg)
         else:
             train(cfg, checkpoint.StopSignals())
+    except budget.PlanReady as planned:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(planned.pace.report(MODEL_PRESETS))
     except checkpoint.Interrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(e)

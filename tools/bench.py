@@ -177,7 +177,7 @@ def bench_train(args, device, autocast, dtype):
     # the first call of a compiled model compiles it (about a minute on a CPU); the second is warm
     figures, _ = compare(runs, args.repeats, device, B * T, "tokens", warmup=2)
     measured_peak = figures.pop("peak_tokens_per_s") / (B * T) * 2 * args.matmul_size**3
-    datasheet_peak = peak_flops(device) if dtype != torch.float32 else None  # known for a few GPUs: dense bf16
+    datasheet_peak = peak_flops(device, dtype)  # hardware.GPU_PEAK_FLOPS': dense bf16 or fp16, None for float32
     peak, flops_per_token = datasheet_peak or measured_peak, ours.flops_per_token(T)  # the same dims: HF's FLOPs too
     figures.update(flops_per_token=flops_per_token, peak_flops=peak, measured_peak_flops=measured_peak)
     figures.update({f"{name}_mfu": figures[f"{name}_tokens_per_s"] * flops_per_token / peak for name in ("ours", "hf")})
