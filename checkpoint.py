@@ -260,7 +260,8 @@ class Interrupted(Exception):
 
     def __init__(self, signum, step, path):
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name} at step {step}: saved {path}; --resume continues exactly")
+        saved = f"saved {path}; --resume continues exactly" if path else "--plan wrote nothing"
+        super().__init__(f"interrupted by {name} at step {step}: {saved}")
         self.signum = signum
 
 
@@ -315,6 +316,8 @@ class Checkpoints:
         """After optimizer step `step` - 1: on a signal, or --checkpoint_minutes after the last checkpoint, save the
         state (`step`, evaluated=False); a signal then stops the run (Interrupted)."""
         signum, timed = self.poll(step)
+        if signum and self.cfg.plan:
+            raise Interrupted(signum, step, None)
         if signum or timed:
             path = self.save(step, val_loss, evaluated=False)
         if signum:

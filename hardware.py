@@ -111,7 +111,7 @@ def peak_flops(device, dtype):
     return peaks and peaks[dtype == torch.float16]
 
 
-def mfu(flops_per_second, device, dtype=torch.bfloat16):
+def mfu(flops_per_second, device, dtype):
     """Model FLOPs utilization: the share of the device's peak that training's FLOPs use (None: peak unknown)."""
     peak = peak_flops(device, dtype)
     return flops_per_second / peak if peak else None

@@ -138,7 +138,7 @@ class RunLog:
     `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png
     after evaluations (with matplotlib), and with --wandb the same values plus each step's metrics."""
 
-    def __init__(self, log_dir, checkpoint, cfg, wandb=None, pace=None):
+    def __init__(self, log_dir, checkpoint, cfg, pace, wandb=None):
         self.log_dir, self.path, self.wandb_run, self.plot_run, self.pace = log_dir, None, None, None, pace
         if log_dir is None or cfg.plan:  # --plan writes nothing
             return

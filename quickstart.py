@@ -20,7 +20,7 @@ import train_gpt2
 DATA = "tinyshakespeare"  # fineweb.py's folder for --dataset tinyshakespeare, beside input.txt
 TOKENIZE = ["--dataset", "tinyshakespeare", "--shard_size", "32768"]  # 338k tokens: a val shard and ten train shards
 TRAIN = ["--data_dir", DATA, "--model", "mini", "--seq_len", "256", "--total_batch_size", "2048", "--compile"]
-TRAIN += ["--max_lr", "1e-3", "--warmup_steps", "20", "--time_budget", "5m", "--max_steps", "600"]  # 600: 3.6 epochs
+TRAIN += ["--max_lr", "1e-3", "--warmup_steps", "20", "--time_budget", "5m", "--max_steps", "600"]  # 600: 4 epochs
 TRAIN += ["--eval_interval", "50", "--val_tokens", "32000", "--hellaswag_interval", "0", "--sample_interval", "0"]
 SAMPLE = ["--prompt", "ROMEO:", "--num_samples", "2", "--max_new_tokens", "80"]
 

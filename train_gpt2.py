@@ -9,7 +9,8 @@ GPT-2 (124M and up) in one file: the model, the token-shard loader and the train
 The defaults reproduce build-nanogpt's GPT-2 124M recipe on FineWeb-Edu 10B. This file is the part
 to read; the machinery that makes a run robust lives beside it and answers its questions: hardware.py
 (which device, precision and batch size; does compile work; FSDP), checkpoint.py (saving, resuming,
-signals), plot.py (log.txt, wandb), cli.py (flags, one-line errors). Importing it defines things.
+signals), budget.py (the clock: eta, MFU, --plan, --time_budget), plot.py (log.txt, wandb), cli.py
+(flags, one-line errors). Importing it defines things.
 """
 
 import dataclasses
@@ -521,12 +522,12 @@ class TrainConfig:
         "cosine", "cosine: to 10%% of the peak (GPT-3); wsd: flat, then linear to 0", choices=["cosine", "wsd"]
     )
     warmup_steps: int = flag(715, "steps of linear warmup (375M tokens, as in GPT-3)")
-    max_steps: int = flag(19073, "optimizer steps (x 524288 tokens: 10B, an epoch); with --time_budget, the most")
+    max_steps: int = flag(19073, "optimizer steps (x 524288 tokens: 10B, an epoch); caps --time_budget")
     time_budget: float | None = flag(
         None, "train this long (11h, 90m, 1h30m): the steps that fit, at most --max_steps", type=budget.duration
     )
-    plan: bool = flag(False, "time the setup and a few steps, print how long the run takes and what fits, exit")
-    gpu_price: float | None = flag(None, "the cost of one GPU (or process) an hour, for --plan's cost")
+    plan: bool = flag(False, "time a few steps, print how long the run takes (or what fits), write nothing")
+    gpu_price: float | None = flag(None, "one GPU's (or process's) price an hour: --plan's cost")
     weight_decay: float = flag(0.1, "AdamW weight decay on matmul weights and embeddings")
     grad_clip: float = flag(1.0, "clip the global gradient norm to this")
     eval_interval: int = flag(250, "steps between validation runs (0: only at the end)")
@@ -595,7 +596,7 @@ def train(cfg, signals=None):
 
     # everything that can refuse the run does so before anything is written
     ckpts = checkpoint.Checkpoints(cfg, functools.partial(check_architecture, cfg), signals, master, device, log)
-    pace = budget.Pace(cfg, ckpts.resumed, get_lr)  # --time_budget counts from here; a resumed plan goes on
+    pace = budget.Pace(cfg, ckpts.resumed, get_lr, log)  # the clock; --time_budget's plan (budget.py)
     wandb = plot.import_wandb() if cfg.wandb and master else None
     hella = hellaswag.load_examples(cfg.hellaswag_dir, "val", cfg.hellaswag_limit) if cfg.hellaswag_interval else None
     B, T = hardware.micro_batch_size(cfg, ckpts.saved_args.get("batch_size"), world_size), cfg.seq_len
@@ -617,12 +618,12 @@ def train(cfg, signals=None):
     optimizers = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # Micikevicius et al. 2018
     state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader, pace)
-    pace.start(model, state, autocast, val_seqs)  # with --time_budget: timed, a first plan (or a refusal)
+    pace.start(model, state, autocast, val_seqs)  # --time_budget: timed, planned (or refused)
     start_step, val_loss = ckpts.start(state)  # a resume's state put back; the log dir locked
-    run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, wandb, pace)
+    run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, pace, wandb)
     describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
 
-    for step in itertools.count(start_step):  # to cfg.max_steps, which a --time_budget plans as it goes
+    for step in itertools.count(start_step):  # to cfg.max_steps (which --time_budget plans)
         due = periodic_work(step, cfg, ckpts.evaluated_step)
         with hardware.whole_weights(raw_model, cfg.fsdp and bool(due - {"checkpoint"}), GPT) as whole:
             if "val" in due:
@@ -672,7 +673,7 @@ def train(cfg, signals=None):
         loss_value, norm_value, tok_per_sec = loss_accum.item(), norm.item(), cfg.total_batch_size / dt
         if not math.isfinite(loss_value):
             raise diverged(step, loss_value, cfg)
-        cfg.max_steps = pace.step_done(step, due, t0, dt)  # timed; --time_budget: the steps that fit (budget.py)
+        pace.step_done(step, due, t0, dt)  # timed; with --time_budget it sets cfg.max_steps: what fits
         mfu = pace.mfu(tok_per_sec)
         clock = run_log.step(step, loss_value, lr, norm_value, tok_per_sec, mfu)  # log.txt, wandb
         line = f"step {step} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm_value:.4f} | dt {dt * 1000:.2f}ms"
@@ -740,8 +741,9 @@ def periodic_work(step, cfg, evaluated_step):
     if step == evaluated_step:
         return set()
     intervals = dict(val=cfg.eval_interval, hella=cfg.hellaswag_interval, sample=cfg.sample_interval)
-    if cfg.plan:  # each job once, one a step from step 0, to be timed (the checkpoint only serialized)
-        return set([job for job, n in {**intervals, "val": 1, "checkpoint": 1}.items() if n][step : step + 1])
+    if cfg.plan:  # each job once, one a step, to be timed (the checkpoint only serialized)
+        jobs = [job for job, n in {**intervals, "val": 1, "checkpoint": 1}.items() if n]
+        return set(jobs[step : step + 1])
     due = {job for job, n in {**intervals, "checkpoint": cfg.checkpoint_interval}.items() if n and step % n == 0}
     if step == cfg.max_steps:
         due = (due - {"sample"}) | {"val", "checkpoint"} | ({"hella"} if cfg.hellaswag_interval else set())

@@ -184,6 +184,11 @@ BAD_INPUTS = [
     row("eval_only into a folder it cannot write", "train", ["--eval_only", "--init_from", "{tmp}/hf", "--hellaswag_interval", "0", "--log_dir", "/proc/gpt2-kit/log"], 1,
         "--log_dir /proc/gpt2-kit/log: cannot write reference.json there", hf_folder()),
     row("eval_only with resume", "train", ["--eval_only", "--init_from", "gpt2", "--resume"], 2, "--eval_only scores --init_from in one process"),
+    row("time budget not a duration", "train", ["--time_budget", "11x"], 2, "'11x' is not a duration such as 11h"),
+    row("time budget negative", "train", ["--time_budget=-5m"], 2, "'-5m' is not a duration"),
+    row("time budget of no time", "train", ["--time_budget", "0h"], 2, "'0h' is no time: give a positive duration"),
+    row("time budget too short for a step", "train", ["--time_budget", "0.05s"], 1, "--time_budget of 0.05 s is too short for one step"),
+    row("plan with resume", "train", ["--plan", "--resume"], 2, "--plan times a new run"),
     row("heads do not divide width", "train", ["--n_head", "3"], 2, "not divisible by --n_head 3"),
     row("unknown model preset", "train", ["--model", "gpt7"], 2, "'gpt7'"),
     # cuda:99 is missing on every machine, GPU or not (mps too is refused where it is missing)
