@@ -58,7 +58,7 @@ def test_plan_times_the_run_prints_what_fits_and_writes_nothing(
 def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_annealed(
     train, tiny, shakespeare_shards, tmp_path, schedule
 ):
-    budget = 15
+    budget = 10
     args = args_of(tiny, shakespeare_shards, tmp_path, "--time_budget", f"{budget}s", "--schedule", schedule)
     proc = train(*args, env=ONE_CORE)
     assert proc.returncode == 0, proc.stderr
@@ -81,7 +81,7 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_annealed(
 def test_a_budgeted_run_resumed_after_sigterm_keeps_its_plan_bitwise(
     start, train, tiny, shakespeare_shards, snapshot_of, tmp_path
 ):
-    args = args_of(tiny, shakespeare_shards, tmp_path / "budget", "--time_budget", "15s", "--schedule", "wsd")
+    args = args_of(tiny, shakespeare_shards, tmp_path / "budget", "--time_budget", "12s", "--schedule", "wsd")
     proc = start("train_gpt2.py", *args, env=ONE_CORE)
     fixed = ""
     while "(fixed)" not in fixed:  # wsd's plan is fixed where the decay starts
@@ -119,9 +119,19 @@ def test_a_budgeted_run_resumed_after_sigterm_keeps_its_plan_bitwise(
 def test_torchrun_ranks_follow_rank_0s_plan(train, tiny, shakespeare_shards, tmp_path):
     # each rank times its own steps: were the plans their own, one rank would end while the other waits in its next
     # collective until the timeout
-    args = args_of(tiny, shakespeare_shards, tmp_path, "--time_budget", "15s", "--total_batch_size", 1024)
+    args = args_of(tiny, shakespeare_shards, tmp_path, "--time_budget", "10s", "--total_batch_size", 1024)
     proc = train(*args, torchrun=2, env=ONE_CORE, timeout=180)
     assert proc.returncode == 0, proc.stderr
     final = load_checkpoint(checkpoint_paths(tmp_path)[-1])
     assert final["step"] == final["pace"]["max_steps"] and final["pace"]["fixed"]
     assert f"trained {final['step']} steps" in proc.stdout
+
+
+def test_max_steps_caps_a_budget_and_says_so(train, tiny, shakespeare_shards, tmp_path):
+    proc = train(*args_of(tiny, shakespeare_shards, tmp_path, "--time_budget", "1h", "--max_steps", 3))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(
+        r"^--time_budget 1:00:00 fits about \d+ steps: --max_steps ends it sooner$", proc.stdout, re.MULTILINE
+    )
+    final = load_checkpoint(tmp_path / "model_00003.pt")
+    assert final["pace"]["max_steps"] == 3 and sorted(steps_of(proc.stdout)) == [0, 1, 2]

@@ -73,7 +73,8 @@ def test_cpu_mode_takes_every_step_and_writes_its_report(run, bundle, tmp_path):
     results = report["results"]
     train, generate = results["bench_gpt2"]["train"], results["bench_gpt2"]["generate"]
     assert train["ours_tokens_per_s"] > 0 and train["hf_tokens_per_s"] > 0 and train["ours_peak_memory"] is None
-    assert generate["compiled_tokens_per_s"] > 0 and generate["same_tokens"] and generate["compiled_same_tokens"]
+    assert generate["same_tokens"] and "compiled_tokens_per_s" not in generate  # compiled on a GPU only (test_gpu.py
+    # compiles the decode step on a CPU)
     assert results["bench_gpt2"]["config"]["recipe"] == "gpt2" and results["bench_modern"]["config"]["rope"] is True
     assert results["bench_modern"]["train"]["ours_tokens_per_s"] > 0 and results["bench_gpt2"]["hellaswag"]["n"] > 0
     assert results["train"]["steps"] == 3 and results["train"]["val"] > 0 and results["train"]["hella"] is not None
