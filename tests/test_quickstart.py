@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("budget")  # a budgeted run: beside test_budget.py's, not at once with them
+pytestmark = pytest.mark.xdist_group("quickstart")  # its own: a minute of one worker, beside test_budget.py's group
 
 
 def quick_start_command(readme):
