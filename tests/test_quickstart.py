@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+from checkpoint import load_checkpoint
+from train_gpt2 import TrainConfig, get_lr
+
 pytestmark = pytest.mark.xdist_group("quickstart")  # its own: a minute of one worker, beside test_budget.py's group
 
 
@@ -57,6 +60,10 @@ def test_readme_quick_start_runs_from_the_repository_alone_in_its_budget(repo, t
     (end,) = filter(None, ends)
     steps = int(end[1])
     assert (log_dir / f"model_{steps:05d}.pt").exists() and f"{steps} val " in (log_dir / "log.txt").read_text()
+    # annealed: the lr falls from its peak to the planned cosine's last value at the last step (however few fit)
     lrs = [float(line.split(" | ")[2].split()[1]) for line in lines if line.startswith("step ")]
-    assert len(lrs) == steps and max(lrs) == 1e-3 and lrs[-1] < 0.2e-3  # annealed: a cosine from 1e-3 towards 1e-4
+    plan = load_checkpoint(log_dir / f"model_{steps:05d}.pt")["pace"]
+    cfg = TrainConfig(max_lr=1e-3, warmup_steps=plan["warmup_steps"], max_steps=steps)
+    assert len(lrs) == steps and max(lrs) == 1e-3 and lrs[-1] == min(lrs[lrs.index(1e-3) :])
+    assert lrs[-1] == pytest.approx(get_lr(steps - 1, cfg), rel=1e-4)
     assert proc.stdout.count("ROMEO:") == 2 and "--- sample 2 of 2 ---" in proc.stdout
