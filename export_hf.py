@@ -1,12 +1,14 @@
 """
-Write a train_gpt2.py checkpoint as a Hugging Face GPT-2 folder: weights, config and tokenizer files.
+Write a train_gpt2.py checkpoint as a Hugging Face folder: weights, config and tokenizer files.
 
     python export_hf.py log gpt2-ours                    # the newest checkpoint in log/ -> gpt2-ours/
     python export_hf.py log/model_19073.pt gpt2-ours
 
-The folder loads with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained,
-offline, and computes our logits: lm-evaluation-harness, the Hub and serving tools take it as it is.
-The padded vocabulary rows are dropped (it has 50,257), and vocab.json / merges.txt are rebuilt from
+A GPT-2 recipe model becomes a GPT2LMHeadModel; a --recipe modern one a NanoChatForCausalLM (transformers 5), which
+holds that family: RMSNorm without gain (after the embedding too), rotary positions, normalized queries and keys,
+ReLU², no biases, an untied head, soft-capped logits. The folder loads with AutoModelForCausalLM.from_pretrained and
+AutoTokenizer.from_pretrained, offline, and computes our logits: lm-evaluation-harness, the Hub and serving tools take
+it as it is. The padded vocabulary rows are dropped (it has 50,257), and vocab.json / merges.txt are rebuilt from
 tiktoken's GPT-2 ranks (they equal OpenAI's files). GPT.from_pretrained reads such a folder back.
 """
 
@@ -17,9 +19,16 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from cli import ArgumentParser, InputError
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
-from train_gpt2 import GPT, HF_TRANSPOSED, SWITCHES, GPTConfig
+from train_gpt2 import GPT, HF_TRANSPOSED, GPTConfig
+
+# the switches each transformers class holds at these values (the others: any)
+GPT2_SWITCHES = dict(rope=False, qk_norm=False, relu2=False, rmsnorm=False, bias=True, tied_head=True)
+GPT2_SWITCHES |= dict(logit_softcap=0.0, embed_norm=False)
+NANOCHAT_SWITCHES = dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, embed_norm=True)
 
 
 def hf_config(config, vocab_size=None, **kwargs):
@@ -73,11 +82,7 @@ def gpt2_tokenizer_files(enc):
 def export_hf(model, out_dir):
     """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2: the inverse of
     GPT.from_pretrained. It is written beside out_dir and renamed, so an interrupted export leaves nothing."""
-    if beyond := [k for k in SWITCHES if getattr(model.config, k) != getattr(GPTConfig(), k)]:
-        raise InputError(
-            f"this model has {', '.join(beyond)} beyond GPT-2's architecture, which transformers' GPT-2 cannot hold:"
-            " sample.py and hellaswag.py --checkpoint read it as it is"
-        )
+    convert = hf_class(model.config)  # before anything is written: a model neither class holds is refused
     out_dir = Path(out_dir).resolve()  # "." has no name to put the temporary folder beside
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir} already exists and is not empty: choose a new folder for the export")
@@ -86,7 +91,7 @@ def export_hf(model, out_dir):
     shutil.rmtree(tmp, ignore_errors=True)  # left by an export that was interrupted
     try:
         tmp.mkdir(parents=True)  # before the work: a folder that cannot be made is refused first
-        hf_model(model).save_pretrained(tmp)
+        convert(model).save_pretrained(tmp)
         for name, text in files.items():
             (tmp / name).write_text(text)
         os.replace(tmp, out_dir)  # over an empty folder too
@@ -111,6 +116,123 @@ def hf_model(model):
     return hf
 
 
+def hf_class(config):
+    """hf_model or nanochat_model: the one whose transformers class holds this architecture, refused (one line)
+    where neither does, or where transformers has no NanoChat."""
+    holders = {"GPT2LMHeadModel": GPT2_SWITCHES, "NanoChatForCausalLM": NANOCHAT_SWITCHES}
+    needs = {name: {k: v for k, v in switches.items() if getattr(config, k) != v} for name, switches in holders.items()}
+    closer = min(needs, key=lambda name: len(needs[name]))
+    if needs[closer]:
+        raise InputError(
+            f"neither transformers' GPT2LMHeadModel nor NanoChatForCausalLM holds this model: the closer,"
+            f" {closer}, needs {needs[closer]}; sample.py and hellaswag.py --checkpoint read it as it is"
+        )
+    if closer == "NanoChatForCausalLM":
+        nanochat_classes()  # here, before anything is written
+        return nanochat_model
+    return hf_model
+
+
+def nanochat_classes():
+    """transformers' (NanoChatConfig, NanoChatForCausalLM), or a one-line refusal where transformers has none."""
+    try:
+        from transformers import NanoChatConfig, NanoChatForCausalLM
+    except ImportError:
+        import transformers
+
+        raise InputError(
+            f"a --recipe modern model needs transformers' NanoChatForCausalLM, in transformers 5.0 and later; this is"
+            f" {transformers.__version__}: pip install -U 'transformers>=5'"
+        )
+    return NanoChatConfig, NanoChatForCausalLM
+
+
+def flip_rotation(weight, n_head):
+    """Our rotary embedding turns each (i, i + hs/2) pair of a query or key one way, transformers' NanoChat the other:
+    the second half of each head's query and key rows negated maps one onto the other, and back. Dot products, so
+    attention, are unchanged; so is each head's RMS, which both normalize (NanoChat after the rotation, we before)."""
+    halves = weight.reshape(n_head, 2, -1, weight.size(-1)).clone()  # (heads, halves, hs / 2, n_embd)
+    halves[:, 1] *= -1
+    return halves.view_as(weight)
+
+
+def nanochat_names(config):
+    """{our weight's name: NanoChatForCausalLM's} (q, k, v as split_qkv names them)."""
+    names = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        names |= {f"{ours}attn.c_{x}.weight": f"{theirs}self_attn.{x}_proj.weight" for x in "qkv"}
+        names[f"{ours}attn.c_proj.weight"] = f"{theirs}self_attn.o_proj.weight"
+        names |= {
+            f"{ours}mlp.c_fc.weight": f"{theirs}mlp.fc1.weight",
+            f"{ours}mlp.c_proj.weight": f"{theirs}mlp.fc2.weight",
+        }
+    return names
+
+
+def nanochat_model(model):
+    """transformers' NanoChatForCausalLM holding our weights, without the padded vocabulary rows."""
+    NanoChatConfig, NanoChatForCausalLM = nanochat_classes()
+    c, n_vocab, eot = model.config, min(model.config.vocab_size, GPT2_VOCAB_SIZE), gpt2_tokenizer().eot_token
+    config = NanoChatConfig(
+        vocab_size=n_vocab,
+        hidden_size=c.n_embd,
+        intermediate_size=4 * c.n_embd,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        max_position_embeddings=c.block_size,
+        rms_norm_eps=torch.finfo(torch.float32).eps,  # nn.RMSNorm's default, in float32
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),  # train_gpt2.rotary's base
+        final_logit_softcapping=c.logit_softcap or None,
+        tie_word_embeddings=c.tied_head,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=None,
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for name in [k for k in state if k.endswith("c_attn.weight")]:  # fused q, k, v: three matrices
+        for x, weight in zip("qkv", state.pop(name).chunk(3), strict=True):
+            state[name.replace("c_attn", f"c_{x}")] = weight
+    for name in [k for k in state if k.endswith(("c_q.weight", "c_k.weight"))]:
+        state[name] = flip_rotation(state[name], c.n_head)
+    state = {theirs: state[ours].contiguous() for ours, theirs in nanochat_names(c).items()}
+    state["model.embed_tokens.weight"], state["lm_head.weight"] = (
+        state[k][:n_vocab] for k in ("model.embed_tokens.weight", "lm_head.weight")
+    )
+    hf = NanoChatForCausalLM(config)
+    hf.load_state_dict(state)
+    return hf
+
+
+def gpt_from_nanochat(path, hc, check):
+    """Our GPT holding a NanoChatForCausalLM folder's weights (nanochat_model's inverse), its config passed to
+    check(config) before the weights load. One this GPT cannot compute is refused."""
+    rope = hc.rope_parameters or {}
+    if not (rope.get("rope_type") == "default" and rope.get("rope_theta") == 10000.0 and hc.hidden_act == "relu2"):
+        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other rotary positions or activation ({rope})")
+    if (
+        hc.num_key_value_heads != hc.num_attention_heads
+        or hc.attention_bias
+        or hc.intermediate_size != 4 * hc.hidden_size
+    ):
+        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other shapes than train_gpt2.py's GPT")
+    dims = dict(block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers)
+    dims |= dict(n_head=hc.num_attention_heads, n_embd=hc.hidden_size, tied_head=hc.tie_word_embeddings)
+    # split_qkv as NanoChat keeps them; zero_init as --recipe modern has it (it only initializes)
+    switches = dict(split_qkv=True, zero_init=True, logit_softcap=hc.final_logit_softcapping or 0.0)
+    config = GPTConfig(**dims, **NANOCHAT_SWITCHES, **switches)
+    check(config)
+    hf = nanochat_classes()[1].from_pretrained(path)
+    model, state = GPT(config), hf.state_dict()
+    with torch.no_grad():
+        for ours, theirs in nanochat_names(config).items():
+            weight = state[theirs]
+            if ours.endswith(("c_q.weight", "c_k.weight")):
+                weight = flip_rotation(weight, config.n_head)
+            model.get_parameter(ours).copy_(weight)
+    return model
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument(
@@ -123,7 +245,8 @@ def main(argv=None):
     except InputError as e:
         raise SystemExit(str(e))
     print(
-        f"wrote {args.out_dir}: load it with transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained"
+        f"wrote {args.out_dir}: load it with transformers' AutoModelForCausalLM.from_pretrained and"
+        " AutoTokenizer.from_pretrained"
     )
 
 

@@ -213,28 +213,36 @@ def evaluate(model, examples, block_size, device, autocast, batch_size, rank=0, 
 
 
 class HFModel(torch.nn.Module):
-    """transformers' GPT2LMHeadModel behind the two parts of our GPT that scoring uses."""
+    """A transformers causal LM (GPT2LMHeadModel, or the NanoChatForCausalLM export_hf.py writes for --recipe modern)
+    behind the two parts of our GPT that scoring uses."""
 
     def __init__(self, hf):
         super().__init__()
-        self.hf, self.logits = hf, hf.lm_head
+        self.hf, self.cap = hf, getattr(hf.config, "final_logit_softcapping", None)
 
     def hidden_states(self, idx):
-        return self.hf.transformer(idx, use_cache=False).last_hidden_state  # after the final LayerNorm, as ours
+        return self.hf.base_model(idx, use_cache=False).last_hidden_state  # after the final norm, as ours
+
+    def logits(self, hidden):
+        logits = self.hf.lm_head(hidden)
+        return self.cap * torch.tanh(logits.float() / self.cap) if self.cap else logits
 
 
 def load_hf_model(model_type, device):
     """(model in eval mode, its block_size) from a Hugging Face name or save_pretrained folder."""
-    from transformers import GPT2LMHeadModel  # slow to import: only for a Hugging Face model
+    from transformers import AutoConfig, AutoModelForCausalLM  # slow to import: only for a Hugging Face model
 
     try:
-        hf = GPT2LMHeadModel.from_pretrained(model_type)
+        kind = AutoConfig.from_pretrained(model_type).model_type
+        if kind not in ("gpt2", "nanochat"):
+            raise InputError(f"{model_type!r} is a {kind}: hellaswag.py -m scores a GPT-2 or an export_hf.py folder")
+        hf = AutoModelForCausalLM.from_pretrained(model_type)
     except (OSError, ValueError) as e:
         raise InputError(
             f"cannot load {model_type!r} ({first_line(e)}): pass a Hugging Face name such as gpt2, or a"
             " save_pretrained folder"
         )
-    return HFModel(hf).to(device).eval(), hf.config.n_positions
+    return HFModel(hf).to(device).eval(), getattr(hf.config, "n_positions", None) or hf.config.max_position_embeddings
 
 
 # -----------------------------------------------------------------------------
@@ -245,7 +253,9 @@ def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.strip().splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "-m", "--model_type", help="Hugging Face GPT-2: a hub name (gpt2 ... gpt2-xl) or a save_pretrained folder"
+        "-m",
+        "--model_type",
+        help="a Hugging Face GPT-2 (gpt2 ... gpt2-xl) or a save_pretrained folder (export_hf.py's), by transformers",
     )
     source.add_argument("--checkpoint", help="a train_gpt2.py checkpoint file, or a log dir (its newest checkpoint)")
     parser.add_argument(

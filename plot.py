@@ -133,6 +133,27 @@ def hours(seconds):
     return str(timedelta(seconds=round(seconds)))  # 1:02:03, or 2 days, 1:02:03
 
 
+def describe_run(log, cfg, resume_path, model, precision, train_loader, val_loader):
+    """train_gpt2.py's run, as its first lines say before the first step."""
+    (device, dtype, why, compiled), world_size = precision, train_loader.world_size
+    source = resume_path or cfg.init_from or cfg.model or "gpt2"
+    log(f"model {source}: {model.num_params():,} parameters, {model.config}")
+    precision = f"{str(dtype)[6:]}{' autocast' if dtype.itemsize < 4 else ''} ({why})"
+    log(f"device {device}, {precision}, compile {'on' if compiled else 'off'}, {world_size} process(es)")
+    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
+    share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
+    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
+    B, T = train_loader.B, train_loader.T
+    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
+    steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
+    log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
+    n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
+    log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
+    if cfg.val_tokens > n_val - 1:
+        evaluated = f"evaluating all {(n_val - 1) // T * T:,} of them"  # val_sequences' whole sequences
+        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
+
+
 class RunLog:
     """What a run records, on rank 0 (other ranks get a silent one, log_dir None): log.txt, one line
     `<step> <kind> <value>` per event (evaluations are printed too; a train loss is in the step line), plot.png

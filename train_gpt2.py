@@ -60,6 +60,8 @@ class GPTConfig:
     tied_head: bool = True  # lm_head shares wte's weights (Press & Wolf 2017)
     zero_init: bool = False  # the residual projections and an untied lm_head start at zero
     logit_softcap: float = 0.0  # logits squashed: cap·tanh(logits / cap) (Gemma 2); 0: off
+    embed_norm: bool = False  # a norm between the embedding and the first block (modded-nanogpt)
+    split_qkv: bool = False  # q, k, v as three matrices (c_q, c_k, c_v): Muon's, one by one
 
 
 # architecture presets: OpenAI's four GPT-2 sizes, and small ones that train in minutes on a laptop
@@ -97,15 +99,19 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        # query, key and value projections in one matmul, as in the GPT-2 checkpoint (c_attn)
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # query, key and value projections in one matmul, as in the GPT-2 checkpoint (c_attn); or three
+        # matrices (nanochat's), so that Muon orthogonalizes each on its own
+        if config.split_qkv:
+            self.c_q, self.c_k, self.c_v = (nn.Linear(config.n_embd, config.n_embd, bias=config.bias) for _ in "qkv")
+        else:
+            self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True
-        self.n_head, self.n_embd, self.qk_norm = config.n_head, config.n_embd, config.qk_norm
+        self.n_head, self.qk_norm, self.split_qkv = config.n_head, config.qk_norm, config.split_qkv
 
     def forward(self, x, cos_sin=None, kv_cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (self.c_q(x), self.c_k(x), self.c_v(x)) if self.split_qkv else self.c_attn(x).split(C, dim=2)
         # (B, nh, T, hs): each head attends on its own
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # unit-RMS queries and keys: attention logits cannot grow without bound
@@ -175,7 +181,6 @@ class KVCache:
         return self.k, self.v, mask
 
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's checkpoints on the hub
 # the matmul weights Hugging Face's GPT-2 keeps in Conv1D layers, (in, out): transposed on the way
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -188,6 +193,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 **({} if config.rope else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
+                **(dict(ln_e=layer_norm(config)) if config.embed_norm else {}),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=layer_norm(config),
             )
@@ -228,6 +234,8 @@ class GPT(nn.Module):
             cos_sin = rotary(pos, self.config.n_embd // self.config.n_head)
         else:
             x = x + self.transformer.wpe(pos)
+        if self.config.embed_norm:  # unit RMS into the blocks, whatever scale the embedding learns
+            x = self.transformer.ln_e(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cos_sin, kv_cache[i] if kv_cache else None)
         return self.transformer.ln_f(x)
@@ -265,16 +273,19 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, check=lambda config: None):
         """GPT-2 weights from Hugging Face: a hub name (gpt2 ... gpt2-xl) or a save_pretrained
-        folder. check(config) may refuse the architecture before the weights load."""
-        local = Path(name_or_path).is_dir()
-        if not local and name_or_path not in GPT2_NAMES:
-            raise InputError(
-                f"from_pretrained: {name_or_path!r} is neither a local folder nor one of {', '.join(GPT2_NAMES)}"
-            )
+        folder (a NanoChat one too). check(config) may refuse the architecture before the weights
+        load."""
+        local, hub = Path(name_or_path).is_dir(), [name for name in MODEL_PRESETS if name.startswith("gpt2")]
+        if not local and name_or_path not in hub:
+            raise InputError(f"from_pretrained: {name_or_path!r} is neither a local folder nor one of {', '.join(hub)}")
         from transformers import AutoConfig, GPT2LMHeadModel  # slow to import: only now
 
         try:  # the config first, a small file: another architecture is refused before its weights
             hc = AutoConfig.from_pretrained(name_or_path)
+            if hc.model_type == "nanochat":  # a --recipe modern model, as export_hf.py writes it
+                import export_hf  # which imports this file: here, not at the top
+
+                return export_hf.gpt_from_nanochat(name_or_path, hc, check)
             activation = getattr(hc, "activation_function", None)
             plain = hc.model_type == "gpt2" and activation == "gelu_new"
             if not plain or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:
@@ -313,32 +324,38 @@ class GPT(nn.Module):
             raise InputError(f"{path} is not a train_gpt2.py checkpoint: its weights do not fit its config ({why})")
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, device_type, muon_lr=None, embed_lr=None):
-        """[AdamW] (GPT-2's recipe); with muon_lr [Muon, AdamW]: Muon for the blocks' matrices,
-        AdamW for the rest, embed_lr (default learning_rate) for the embeddings. Each group's
-        "initial_lr" is its peak, which the schedule scales into its "lr"."""
+    def configure_optimizers(self, cfg, device_type):
+        """[AdamW] (GPT-2's recipe); with --muon_lr [Muon, AdamW]: Muon for the blocks' matrices,
+        AdamW for the rest, the embeddings at --embed_lr. Each group's "initial_lr" is its peak,
+        which the schedule scales into its "lr"."""
         params = [p for p in self.parameters() if p.requires_grad]
-        matrices = [p for p in self.transformer.h.parameters() if p.dim() == 2] if muon_lr else []
+        matrices = [p for p in self.transformer.h.parameters() if p.dim() == 2] if cfg.muon_lr else []
         embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
-        # the embeddings (a tied one is the head's) go to AdamW at embed_lr
-        tables = [p for p in embeddings if p is not self.lm_head.weight] if muon_lr else []
-        rest = [p for p in params if all(p is not q for q in matrices + tables)]
+        # --embed_weight_decay: the head and embeddings decay at a rate of their own (modern: none, as
+        # in modded-nanogpt; GPT-3's 0.1 at modern's embedding lr shrinks them 0.12% a step)
+        decayed_alone = cfg.embed_weight_decay is not None
+        head = [self.lm_head.weight] if decayed_alone else []  # wte's too, if tied
+        # under Muon or decayed alone, the embeddings (a tied one is the head's) get embed_lr
+        tables = [p for p in embeddings if p is not self.lm_head.weight] if cfg.muon_lr or decayed_alone else []
+        rest = [p for p in params if all(p is not q for q in matrices + tables + head)]
+        embed_decay = cfg.weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay
         # decay the matmul weights and embeddings only: biases and LayerNorm gains stay free (GPT-3
         # paper)
         groups = [
-            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+            {"params": tables, "weight_decay": embed_decay, "lr": cfg.embed_lr or cfg.max_lr},
+            {"params": head, "weight_decay": embed_decay},
         ]
-        if muon_lr:
-            groups.append({"params": tables, "weight_decay": weight_decay, "lr": embed_lr or learning_rate})
         fused = device_type in ("cuda", "cpu")  # one kernel for all parameters, not one per tensor
         groups = [group for group in groups if group["params"]]
-        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)]
-        if muon_lr:
+        optimizers = [torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)]
+        if cfg.muon_lr:
             # Muon steps each hidden matrix along its momentum orthogonalized (Jordan et al. 2024,
-            # torch's defaults: momentum 0.95, Nesterov, 5 Newton-Schulz iterations); an embedding's
-            # rows are lookups, not a matrix
-            optimizers.insert(0, torch.optim.Muon(matrices, lr=muon_lr, weight_decay=0.0))
+            # torch's defaults: Nesterov, 5 Newton-Schulz iterations); an embedding's rows are
+            # lookups, not a matrix. hardware.Muon: torch's, in float32 on a CPU without bf16
+            muon = hardware.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay)
+            optimizers.insert(0, muon)
         for group in (group for optimizer in optimizers for group in optimizer.param_groups):
             group["initial_lr"] = group["lr"]
         return optimizers
@@ -486,7 +503,9 @@ RECIPES = {
     # the best of a grid at a small scale (tools/bench.py --only recipes, docs/performance.md), the
     # soft-cap Gemma 2's order of magnitude
     "modern": dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
-    | dict(logit_softcap=15.0, muon_lr=0.04, embed_lr=0.012, max_lr=0.006, warmup_steps=10, schedule="wsd"),
+    | dict(logit_softcap=15.0, muon_lr=0.04, embed_lr=0.012, max_lr=0.006, warmup_steps=10, schedule="wsd")
+    # at GPT-2 124M's scale, as in modded-nanogpt's records 8-9 and nanochat's d12 (docs/performance.md)
+    | dict(embed_norm=True, split_qkv=True, head_size=128, embed_weight_decay=0.0, muon_momentum_warmup=300),
 }
 WSD_DECAY = 0.4  # the share of the steps --schedule wsd decays over (modded-nanogpt's)
 
@@ -500,6 +519,7 @@ class TrainConfig:
     n_layer: int | None = flag(None, "number of layers (default: the preset's)")
     n_head: int | None = flag(None, "number of attention heads (default: the preset's)")
     n_embd: int | None = flag(None, "embedding width (default: the preset's)")
+    head_size: int | None = flag(None, "n_head = n_embd / head_size, unless --n_head is given")
     recipe: str = flag("gpt2", "build-nanogpt's, or modern: RECIPES", choices=[*RECIPES])
     # the switches beyond GPT-2 (a run from weights: theirs)
     rope: bool | None = flag(None, "rotary positions, not learned (default: off)")
@@ -510,6 +530,8 @@ class TrainConfig:
     tied_head: bool | None = flag(None, "lm_head tied to the token embedding (default: on)")
     zero_init: bool | None = flag(None, "zero-init projections, head (default: off)")
     logit_softcap: float | None = flag(None, "cap the logits smoothly at ± this (default: 0, off)")
+    embed_norm: bool | None = flag(None, "normalize the embedding before the first block (default: off)")
+    split_qkv: bool | None = flag(None, "q, k, v as three matrices, not one (default: off)")
     init_from: str | None = flag(None, "weights: gpt2 ... gpt2-xl, an HF folder, ours")
     eval_only: bool = flag(False, "score --init_from on the val split and HellaSwag, train nothing")
     batch_size: int | None = flag(None, "B per process (default: 64 or less, fitted)")
@@ -518,6 +540,9 @@ class TrainConfig:
     max_lr: float = flag(6e-4, "AdamW's peak learning rate (GPT-3 small's)")
     muon_lr: float | None = flag(None, "Muon's peak lr for the blocks' matrices (default: off)")
     embed_lr: float | None = flag(None, "with Muon, the embeddings' lr (default: --max_lr)")
+    embed_weight_decay: float | None = flag(None, "AdamW's on the embeddings, head (default: --weight_decay)")
+    muon_weight_decay: float = flag(0.0, "Muon's decoupled weight decay of the blocks' matrices")
+    muon_momentum_warmup: int = flag(0, "steps over which Muon's momentum rises from 0.85 to 0.95")
     schedule: str = flag(
         "cosine", "cosine: to 10%% of the peak (GPT-3); wsd: flat, then linear to 0", choices=["cosine", "wsd"]
     )
@@ -563,6 +588,17 @@ def get_lr(step, cfg, max_lr=None):
         return min_lr
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def schedule(step, cfg, group):
+    """An optimizer group's settings at `step`: its lr from its own peak; Muon's momentum, from 0.85
+    to 0.95 over --muon_momentum_warmup steps (modded-nanogpt's record 9: a fresh momentum averages
+    over fewer stale gradients)."""
+    settings = {"lr": get_lr(step, cfg, group["initial_lr"])}
+    if "momentum" in group:  # torch.optim.Muon's
+        warm = min(1.0, step / cfg.muon_momentum_warmup) if cfg.muon_momentum_warmup else 1.0
+        settings["momentum"] = 0.85 + 0.1 * warm
+    return settings
 
 
 def evaluate(model, val_loader, n_seqs, batch_size, device, autocast):
@@ -615,13 +651,13 @@ def train(cfg, signals=None):
         model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     cfg.batch_size = train_loader.B = B  # a resume reads it; main's out-of-memory line names it
     grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    optimizers = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, device.type, cfg.muon_lr, cfg.embed_lr)
+    optimizers = raw_model.configure_optimizers(cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # Micikevicius et al. 2018
     state = checkpoint.TrainingState(raw_model, optimizers, scaler, train_loader, pace)
     pace.start(model, state, autocast, val_seqs)  # --time_budget: timed, planned (or refused)
     start_step, val_loss = ckpts.start(state)  # a resume's state put back; the log dir locked
     run_log = state.run_log = plot.RunLog(Path(cfg.log_dir) if master else None, ckpts.resumed, cfg, pace, wandb)
-    describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
+    plot.describe_run(log, cfg, ckpts.path, raw_model, (device, dtype, why, compiled), train_loader, val_loader)
 
     for step in itertools.count(start_step):  # to cfg.max_steps (which --time_budget plans)
         due = periodic_work(step, cfg, ckpts.evaluated_step)
@@ -664,7 +700,7 @@ def train(cfg, signals=None):
         lr, scale = get_lr(step, cfg), scaler.get_scale()
         for optimizer in optimizers:
             for group in optimizer.param_groups:  # the schedule scales each group's own peak
-                group["lr"] = get_lr(step, cfg, group["initial_lr"])
+                group.update(schedule(step, cfg, group))
             scaler.step(optimizer)  # no update if float16 gradients overflowed: the scale falls
         scaler.update()
         if cuda:
@@ -750,27 +786,6 @@ def periodic_work(step, cfg, evaluated_step):
     return due - {"checkpoint", "sample"} if step == 0 else due
 
 
-def describe_run(log, cfg, resume_path, model, precision, train_loader, val_loader):
-    """The run's setup, printed once before the first step."""
-    (device, dtype, why, compiled), world_size = precision, train_loader.world_size
-    source = resume_path or cfg.init_from or cfg.model or "gpt2"
-    log(f"model {source}: {model.num_params():,} parameters, {model.config}")
-    precision = f"{str(dtype)[6:]}{' autocast' if dtype != torch.float32 else ''} ({why})"
-    log(f"device {device}, {precision}, compile {'on' if compiled else 'off'}, {world_size} process(es)")
-    local_bytes = sum((p.to_local() if cfg.fsdp else p).nbytes for p in model.parameters())
-    share = f"1/{world_size} of them: FSDP" if cfg.fsdp else "all of them"
-    log(f"{4 * local_bytes:,} bytes of weights, gradients and AdamW moments per process (fp32; {share})")
-    B, T = train_loader.B, train_loader.T
-    grad_accum_steps = cfg.total_batch_size // (B * T * world_size)
-    steps = f"{B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps"
-    log(f"{cfg.total_batch_size:,} tokens per step = {steps}")
-    n_train, n_val = train_loader.total_tokens, val_loader.total_tokens
-    log(f"train split {n_train:,} tokens in {len(train_loader.shards)} shards, val split {n_val:,} tokens")
-    if cfg.val_tokens > n_val - 1:
-        evaluated = f"evaluating all {(n_val - 1) // T * T:,} of them"  # val_sequences' whole sequences
-        log(f"the val split has fewer than --val_tokens {cfg.val_tokens:,} tokens: {evaluated}")
-
-
 def print_samples(model, device, autocast, seed, log):
     """Four continuations of GPT-2's demo prompt, from their own generator: resumes stay exact."""
     enc = gpt2_tokenizer()
@@ -800,9 +815,10 @@ def float16_note(scaler, scale):
 # -----------------------------------------------------------------------------
 # the command line: the flags (TrainConfig's fields), their checks, the one-line errors
 POSITIVE_FLAGS = ["batch_size", "seq_len", "total_batch_size", "max_steps", "val_tokens", "hellaswag_limit"]
-POSITIVE_FLAGS += ["keep_checkpoints", "n_layer", "n_head", "n_embd"]
+POSITIVE_FLAGS += ["keep_checkpoints", "n_layer", "n_head", "n_embd", "head_size"]
 NON_NEGATIVE_FLAGS = ["warmup_steps", "eval_interval", "hellaswag_interval", "sample_interval"]
 NON_NEGATIVE_FLAGS += ["checkpoint_interval", "checkpoint_minutes", "logit_softcap", "gpu_price"]
+NON_NEGATIVE_FLAGS += ["embed_weight_decay", "muon_weight_decay", "muon_momentum_warmup"]
 # GPTConfig's fields that are flags too: --n_layer, --n_head, --n_embd and the switches
 ARCHITECTURE_FLAGS = [f.name for f in dataclasses.fields(GPTConfig) if f.name in TrainConfig.__dataclass_fields__]
 SWITCHES = [k for k in ARCHITECTURE_FLAGS if k not in MODEL_PRESETS["gpt2"]]  # beyond GPT-2
@@ -857,7 +873,10 @@ def check_model_config(parser, model_config, args):
 def asked_architecture(cfg, default=None):
     """The architecture the flags ask for: --model's preset (or default's), the flags over it."""
     overrides = {k: getattr(cfg, k, None) for k in ARCHITECTURE_FLAGS if getattr(cfg, k, None) is not None}
-    return {**MODEL_PRESETS.get(cfg.model or default, {}), **overrides}
+    asked = {**MODEL_PRESETS.get(cfg.model or default, {}), **overrides}
+    if cfg.head_size and cfg.n_head is None and "n_embd" in asked:  # the nearest whole number
+        asked["n_head"] = max(1, round(asked["n_embd"] / cfg.head_size))
+    return asked
 
 
 def make_model_config(cfg):
@@ -872,11 +891,13 @@ def check_architecture(cfg, config, source):
         raise InputError(
             f"{source} has a vocabulary of {vocab}, fewer than GPT-2's {GPT2_VOCAB_SIZE} tokens in the shards"
         )
-    if differ := {k: v for k, v in asked_architecture(cfg).items() if config.get(k) != v}:
-        raise InputError(
-            f"{source} was trained with {config}, but the flags ask for {differ}: leave out the architecture flags"
-            " (--recipe modern sets some), or match them"
-        )
+    saved = {**dataclasses.asdict(GPTConfig()), **config}  # a switch added since: off
+    if differ := {k: v for k, v in asked_architecture(cfg).items() if saved[k] != v}:
+        fix = "leave out the architecture flags (--recipe modern sets some), or match them"
+        if config.get("rope") and "embed_norm" not in config:  # --recipe modern before 2026-12-06
+            old = f"--no-embed_norm --no-split_qkv --n_head {saved['n_head']}"
+            fix = f"it is an older --recipe modern: sample from it, or fine-tune it (--init_from, {old})"
+        raise InputError(f"{source} was trained with {config}, but the flags ask for {differ}: {fix}")
     if cfg.seq_len > (block_size := config.get("block_size", cfg.seq_len)):
         raise InputError(
             f"--seq_len {cfg.seq_len} exceeds the block_size {block_size} of {source}: pass --seq_len {block_size}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from checkpoint import RESUMABLE
-from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, RECIPES, SWITCHES, GPTConfig
+from train_gpt2 import GPT, MODEL_PRESETS, PADDED_VOCAB_SIZE, RECIPES, SWITCHES, GPTConfig, TrainConfig
 
 HELLA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
 MICRO = dataclasses.asdict(
@@ -102,19 +102,45 @@ def checkpoint_of_other_data():
     model = GPT(GPTConfig(**MICRO))
     return checkpoint_bytes({
         "model": model.state_dict(), "config": MICRO, "step": 1, "val_loss": 10.0,
-        "optimizer": [optimizer.state_dict() for optimizer in model.configure_optimizers(0.1, 3e-3, "cpu")],
+        "optimizer": [optimizer.state_dict() for optimizer in model.configure_optimizers(TrainConfig(max_lr=3e-3), "cpu")],
         "train_loader": {"position": 512, "total_tokens": 12345}, "rng": {"cpu": torch.get_rng_state(), "cuda": []},
     })  # fmt: skip
 
 
 def modern_checkpoint_of_one_optimizer():
-    """A --recipe modern checkpoint as written before 2026-12-06: Muon's and AdamW's state in one dict."""
-    config = {**MICRO, **{k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}}
+    """A --recipe modern checkpoint with Muon's and AdamW's state in one dict, as written before 2026-12-06 (of
+    today's architecture: the older one is refused before its optimizers are read)."""
+    config = {**MICRO, "n_head": 1, **{k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}}
     return checkpoint_bytes({
         "model": GPT(GPTConfig(**config)).state_dict(), "config": config, "step": 1, "val_loss": 10.0,
         "optimizer": {"state": {}, "param_groups": []}, "train_loader": {"position": 0, "total_tokens": 0},
         "rng": {"cpu": torch.get_rng_state(), "cuda": []},
     })  # fmt: skip
+
+
+def older_modern_checkpoint():
+    """A --recipe modern checkpoint as written before the recipe's 124M settings: no embed_norm, split_qkv in its
+    config, four heads of 16 (today's asks for heads of 128)."""
+    switches = dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
+    config = {k: v for k, v in MICRO.items() if k not in ("embed_norm", "split_qkv")}
+    config |= {"n_head": 4, **switches, "logit_softcap": 15.0}
+    return checkpoint_bytes({
+        "model": GPT(GPTConfig(**config)).state_dict(), "config": config, "step": 1, "val_loss": 10.0,
+        "optimizer": [], "train_loader": {"position": 0, "total_tokens": 0}, "rng": {"cpu": torch.get_rng_state()},
+    })  # fmt: skip
+
+
+def modern_checkpoint(**switches):
+    """A micro checkpoint of the modern recipe's switches, these changed."""
+    config = {**MICRO, **{k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}, **switches}
+    return lambda: checkpoint_bytes({"model": GPT(GPTConfig(**config)).state_dict(), "config": config})
+
+
+def old_transformers(tmp):
+    """A transformers package without NanoChat, as 4.x was, ahead of the real one on the path."""
+    (tmp / "old" / "transformers").mkdir(parents=True)
+    (tmp / "old" / "transformers" / "__init__.py").write_text('__version__ = "4.46.0"\n')
+    file("log/model_00002.pt", modern_checkpoint())(tmp)
 
 
 def hf_folder(**config):
@@ -226,6 +252,9 @@ BAD_INPUTS = [
     row("resume on other data", "train", ["--resume"], 1, "resume with the data it was trained on", file("log/model_00001.pt", checkpoint_of_other_data)),
     row("resume a modern checkpoint of the combined optimizer", "train", ["--resume", "--recipe", "modern"], 1, "it holds 1 optimizers' state",
         file("log/model_00001.pt", modern_checkpoint_of_one_optimizer)),
+    row("resume a modern checkpoint from before the 124M settings", "train", ["--resume", "--recipe", "modern"], 1,
+        "it is an older --recipe modern: sample from it, or fine-tune it (--init_from, --no-embed_norm --no-split_qkv --n_head 4)",
+        file("log/model_00001.pt", older_modern_checkpoint)),
     row("resume from a checkpoint whose weights do not fit its config", "train", ["--resume"], 1, "model_00001.pt",
         file("log/model_00001.pt", misfit_checkpoint)),
     row("resume from a checkpoint without training state", "train", ["--resume"], 1, "model_00001.pt",
@@ -348,6 +377,12 @@ BAD_INPUTS = [
         both(file("log/model_00002.pt", small_checkpoint), file("out/config.json", b"{}"))),
     row("no tokenizer files", "export", ["{tmp}/log", "{tmp}/out"], 1, "tiktoken", both(file("log/model_00002.pt", small_checkpoint), file("junk", b"junk")),
         {"TIKTOKEN_CACHE_DIR": "{tmp}/junk"}),
+    row("learned positions with ReLU²", "export", ["{tmp}/log", "{tmp}/out"], 1,
+        "holds this model: the closer, NanoChatForCausalLM, needs {'rope': True}",
+        file("log/model_00002.pt", modern_checkpoint(rope=False))),
+    row("a modern model and a transformers without NanoChat", "export", ["{tmp}/log", "{tmp}/out"], 1,
+        "needs transformers' NanoChatForCausalLM, in transformers 5.0 and later; this is 4.46.0", old_transformers,
+        {"PYTHONPATH": "{tmp}/old"}),
     row("output folder that cannot be created", "export", ["{tmp}/log", "/proc/gpt2-kit/out"], 1, "/proc/gpt2-kit/out cannot be written",
         file("log/model_00002.pt", small_checkpoint)),
 ]  # fmt: skip

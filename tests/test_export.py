@@ -1,13 +1,14 @@
 """export_hf.py: the folder loads in transformers and computes our logits; its tokenizer is tiktoken's BPE."""
 
+import dataclasses
 import random
 
 import pytest
 import torch
 
 from export_hf import export_hf
-from tokenizer import gpt2_tokenizer
-from train_gpt2 import GPT, GPTConfig
+from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
+from train_gpt2 import GPT, RECIPES, SWITCHES, GPTConfig
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: its module fixtures are computed once
 
@@ -58,3 +59,44 @@ def test_exported_tokenizer_encodes_like_tiktoken(exported, shared_data):
         assert tokenizer.encode(s) == ids, repr(s)
         assert tokenizer.decode(ids) == enc.decode(ids)
     assert tokenizer.eos_token_id == enc.eot_token == 50256
+
+
+@pytest.fixture(scope="module")
+def exported_modern(tmp_path_factory):
+    """A --recipe modern model, every weight random, exported: a NanoChatForCausalLM folder."""
+    torch.manual_seed(0)
+    switches = {k: v for k, v in RECIPES["modern"].items() if k in SWITCHES}
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64, **switches))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    out = tmp_path_factory.mktemp("exported_modern")
+    export_hf(model, out)
+    return model.eval(), out
+
+
+def test_an_exported_modern_model_has_our_logits_and_greedy_tokens_in_transformers(exported_modern):
+    from transformers import AutoModelForCausalLM
+
+    model, out = exported_modern
+    hf = AutoModelForCausalLM.from_pretrained(out).double()
+    assert type(hf).__name__ == "NanoChatForCausalLM" and hf.config.vocab_size == GPT2_VOCAB_SIZE
+    idx = torch.randint(0, GPT2_VOCAB_SIZE, (3, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model.double()(idx)[0][..., :GPT2_VOCAB_SIZE], hf(idx).logits
+        # NanoChat's RMSNorm computes in float32 whatever the dtype: ours in float32 is the measure of that rounding
+        float32_rounding = (model.float()(idx)[0][..., :GPT2_VOCAB_SIZE].double() - ours).abs().max().item()
+        assert 0 < (theirs - ours).abs().max() <= 2 * float32_rounding < 1e-3
+        prompt = idx[:, :8]  # greedy to the end, as ours: no stop at <|endoftext|>
+        greedy = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False, eos_token_id=None
+        )
+        assert torch.equal(model.double().generate(prompt, 24, top_k=1), greedy)
+
+
+def test_an_exported_modern_model_reads_back_as_it_was(exported_modern):
+    model, out = exported_modern
+    back = GPT.from_pretrained(str(out))
+    assert dataclasses.asdict(back.config) == {**dataclasses.asdict(model.config), "vocab_size": GPT2_VOCAB_SIZE}
+    for name, weight in back.state_dict().items():  # the rows of the 50,257 real tokens, bitwise
+        assert torch.equal(weight, model.float().state_dict()[name][: weight.size(0)]), name

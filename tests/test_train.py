@@ -146,7 +146,7 @@ def test_from_checkpoint_on_a_damaged_file_raises_the_library_error(tmp_path):
 
 def test_optimizer_decays_only_matrices_and_is_fused():
     model = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=32))
-    (opt,) = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, device_type="cpu")
+    (opt,) = model.configure_optimizers(TrainConfig(max_lr=1e-3), "cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])

@@ -161,7 +161,7 @@ def bench_train(args, device, autocast, dtype):
     compiled = torch.compile(ours) if args.compile else ours
     tokens = random_ids((4, B, T + 1), args.seed, device)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]  # as DataLoaderLite gives them
-    optimizers = ours.configure_optimizers(c.weight_decay, c.max_lr, device.type, c.muon_lr, c.embed_lr)
+    optimizers = ours.configure_optimizers(c, device.type)
     ours_step = train_step(lambda x, y: compiled(x, y)[1], ours, batches, autocast, optimizers)
     memory = peak_memory(ours_step, device)  # before the baseline takes memory too
     # transformers' GPT-2 of the same dims, eager, with the same attention kernel, AdamW groups and batches; it gets
@@ -170,7 +170,7 @@ def bench_train(args, device, autocast, dtype):
     hf_loss = lambda x, y: F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
     runs = {
         "ours": ours_step,
-        "hf": train_step(hf_loss, hf, batches, autocast, GPT.configure_optimizers(hf, 0.1, 6e-4, device.type)),
+        "hf": train_step(hf_loss, hf, batches, autocast, GPT.configure_optimizers(hf, TrainConfig(), device.type)),
         # the MFU denominator, timed between the steps: a peak timed minutes apart would credit or blame them for drift
         "peak": matmul(args.matmul_size, device, dtype),
     }

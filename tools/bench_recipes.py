@@ -1,63 +1,82 @@
 """
-tools/bench.py's time-to-loss benchmark (`python tools/bench.py --only recipes`): the steps --recipe modern needs to reach the
-val loss that --recipe gpt2 ends with, both trained on the same tokens in the same order.
+tools/bench.py's time-to-loss benchmark (`python tools/bench.py --only recipes`) and ablation (`--only ablation`):
+how many steps --recipe modern needs to reach the val loss that --recipe gpt2 ends with, each run as a budget runs
+it, its schedule complete at its last step (--max_steps N, or the N that --time_budget fits).
 
-Each recipe's learning rates are first scaled by each factor of its grid (GRIDS) at seed 0, the best final val loss
-chooses the factor, then --seeds seeds run at it. Tokens: Tiny Shakespeare's GPT-2 tokens renumbered densely (the
-11,707 ids it uses), so that a CPU trains the small model in minutes: the head of 50,304 would be most of the work.
+Both recipes train the model of the flags (--model, --n_embd, --seq_len, --batch_size) on Tiny Shakespeare's GPT-2
+tokens, the whole 50,304-row vocabulary, the same sequences in the same order, none twice (at most one epoch: a
+faster optimizer would overfit sooner and confound the comparison). Each recipe's learning rates are first scaled by
+each factor of its grid (GRIDS) at seed 0, gpt2 over its longest run, modern over BUDGET of it; the best final val
+loss chooses the factor. Then, for --seeds seeds: gpt2 runs of GPT2_FRACTIONS × --recipe_steps steps and modern runs
+of MODERN_FRACTIONS × --recipe_steps, each scored on the val split at its end. The ratio: the fewest modern steps
+whose final val loss reaches the gpt2 recipe's final at --recipe_steps, over --recipe_steps, the mean over seeds.
+The first-crossing ratio (the old, flattering sense): the first evaluation inside modern's --recipe_steps run at or
+below that loss.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tokenizer import gpt2_tokenizer
-from train_gpt2 import GPT, RECIPES, SWITCHES, GPTConfig, TrainConfig, get_lr
+from train_gpt2 import GPT, PADDED_VOCAB_SIZE, RECIPES, TrainConfig, make_model_config, schedule
 
-# the factors each recipe's learning rates are scaled by, four points each: GPT-2's 6e-4 is tuned for 0.5M-token
-# steps of a 124M model, a small model on small steps takes a few times more; modern's defaults are this grid's best
-GRIDS = {"gpt2": (1, 2, 4, 8), "modern": (0.25, 0.5, 1, 2)}
-EVAL_EVERY = 10  # steps between evaluations: the resolution of "steps to the loss"
-VAL_TOKENS = 4096
-
-
-def dense_tokens(path):
-    """[EOT] + the text's GPT-2 tokens, renumbered 0 ... n-1 in order of first use; and n."""
-    tokens = np.array([50256, *gpt2_tokenizer().encode_ordinary(path.read_text())])
-    _, first, dense = np.unique(tokens, return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first))  # the id of each distinct token by where it first appears
-    return torch.from_numpy(rank[dense]), len(first)
+GRIDS = {"gpt2": (1, 2, 4, 8), "modern": (0.5, 1, 2)}  # factors of each recipe's learning rates
+GPT2_FRACTIONS = (0.25, 0.5, 1.0)  # of --recipe_steps: gpt2's runs
+MODERN_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 1.0)  # modern's
+BUDGET = 0.4  # the claim: modern reaches gpt2's loss in this share of its steps; modern's grid runs at it
+EVAL_EVERY = 10  # steps between evaluations inside the longest modern run: the first-crossing resolution
+VAL_TOKENS, TRAIN_START = 16384, 32768  # the val split first, as fineweb.py writes it, then the train split
+LRS = ("max_lr", "muon_lr", "embed_lr")
+# what --only ablation turns off in modern, one at a time, and turns on in gpt2 (modern's value)
+OFF = dict(rope=False, qk_norm=False, relu2=False, rmsnorm=False, bias=True, tied_head=True, zero_init=False)
+OFF |= dict(logit_softcap=0.0, embed_norm=False, split_qkv=False, head_size=None, embed_weight_decay=None)
+OFF |= dict(muon_lr=None, muon_momentum_warmup=0, schedule="cosine")
 
 
-def train_curve(recipe, factor, seed, data, args, device, autocast):
-    """[(step, val loss)] of one run: the recipe's model and optimizer, its schedule over args.recipe_steps."""
-    (train, val), vocab, (B, T) = data[0], data[1], (args.batch_size, args.seq_len)
-    flags = {**RECIPES[recipe], "max_steps": args.recipe_steps}
-    flags["warmup_steps"] = flags.get("warmup_steps", round(args.recipe_steps * 715 / 19073))  # GPT-3's share
-    cfg = TrainConfig(**{k: v for k, v in flags.items() if k not in SWITCHES})
-    lrs = {k: getattr(cfg, k) and getattr(cfg, k) * factor for k in ("max_lr", "muon_lr", "embed_lr")}
-    torch.manual_seed(seed)
-    dims = {k: getattr(args.model_config, k) for k in ("block_size", "n_layer", "n_head", "n_embd")}  # not --recipe's
-    dims["vocab_size"] = math.ceil(vocab / 64) * 64
-    model = GPT(GPTConfig(**{**dims, **{k: v for k, v in flags.items() if k in SWITCHES}})).to(device)
-    optimizers = model.configure_optimizers(
-        cfg.weight_decay, lrs["max_lr"], device.type, lrs["muon_lr"], lrs["embed_lr"]
-    )
-    groups, curve = [group for optimizer in optimizers for group in optimizer.param_groups], []
+def shakespeare_tokens(path):
+    tokens = torch.tensor([50256, *gpt2_tokenizer().encode_ordinary(Path(path).read_text())])
+    return tokens[TRAIN_START:], tokens[: VAL_TOKENS + 1]
+
+
+def run_config(recipe, flags, steps, args):
+    """The TrainConfig of one run: the recipe's defaults, the flags over them, the bench's dims, `steps` steps with a
+    warmup as a budgeted run gets it (gpt2: GPT-3's share of the steps; a warmup over a third of the run: a tenth)."""
+    cfg = TrainConfig(**RECIPES[recipe])
+    dims = {k: getattr(args, k) for k in ("model", "n_layer", "n_head", "n_embd")}
+    cfg = dataclasses.replace(cfg, **dims, **flags, max_steps=steps, seq_len=args.seq_len)
+    if recipe == "gpt2" and "warmup_steps" not in flags:
+        cfg.warmup_steps = max(1, round(steps * 715 / 19073))
+    if cfg.warmup_steps > steps / 3:
+        cfg.warmup_steps = steps // 10 or 1
+    return cfg
+
+
+def train_run(cfg, seed, data, args, device, autocast, every=None):
+    """[(step, val loss)] of one run of cfg.max_steps steps: at its end, and every `every` steps if given."""
+    (train, val), B, T = data, args.batch_size, args.seq_len
     order = torch.randperm((len(train) - 1) // T, generator=torch.Generator().manual_seed(1234))  # every run alike
-    for step in range(args.recipe_steps + 1):
-        if step % EVAL_EVERY == 0 or step == args.recipe_steps:
-            with torch.no_grad(), autocast:
-                x = val[: len(val) // T * T].view(-1, T)
-                curve.append((step, model(x[:, :-1].to(device), x[:, 1:].to(device))[1].item()))
-        if step == args.recipe_steps:
+    if cfg.max_steps * B > len(order):
+        raise SystemExit(f"{cfg.max_steps} steps of {B} x {T} tokens pass the train split's {len(train):,}: fewer")
+    torch.manual_seed(seed)
+    model = GPT(dataclasses.replace(make_model_config(cfg), vocab_size=PADDED_VOCAB_SIZE)).to(device)
+    optimizers = model.configure_optimizers(cfg, device.type)
+    groups, curve = [group for optimizer in optimizers for group in optimizer.param_groups], []
+    x_val = val[: (len(val) - 1) // T * T + 1]
+    for step in range(cfg.max_steps + 1):
+        if step == cfg.max_steps or (every and step % every == 0):
+            inputs, targets = x_val[:-1].view(-1, T), x_val[1:].view(-1, T)
+            with torch.no_grad(), autocast:  # B rows at a time: the logits of all would take gigabytes
+                losses = [model(x.to(device), y.to(device))[1] for x, y in zip(inputs.split(B), targets.split(B))]
+            curve.append((step, torch.stack(losses).mean().item()))
+        if step == cfg.max_steps:
             return curve
-        rows = order[torch.arange(step * B, (step + 1) * B) % len(order)]
-        x = torch.stack([train[r * T : r * T + T + 1] for r in rows.tolist()]).to(device)
-        for group in groups:  # each from its own peak
-            group["lr"] = get_lr(step, cfg, group["initial_lr"])
+        rows = order[step * B : (step + 1) * B].tolist()
+        x = torch.stack([train[r * T : r * T + T + 1] for r in rows]).to(device)
+        for group in groups:  # the loop's own schedule: each group's lr from its peak, Muon's momentum
+            group.update(schedule(step, cfg, group))
         with autocast:
             loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
@@ -67,33 +86,70 @@ def train_curve(recipe, factor, seed, data, args, device, autocast):
             optimizer.zero_grad(set_to_none=True)
 
 
-def steps_to(curve, target):
-    return next((step for step, loss in curve if loss <= target), None)
+def scaled(recipe, factor):
+    """The recipe's learning rates times factor."""
+    cfg = TrainConfig(**RECIPES[recipe])
+    return {k: getattr(cfg, k) * factor for k in LRS if getattr(cfg, k)}
 
 
 def bench_recipes(args, device, autocast, dtype):
-    tokens, vocab = dense_tokens(Path(args.text))
-    data = ((tokens[32768:], tokens[: VAL_TOKENS + 1]), vocab)  # as fineweb.py splits: val first, then train
+    data, n = shakespeare_tokens(args.text), args.recipe_steps
+
+    def final(recipe, flags, steps, seed, every=None):
+        curve = train_run(run_config(recipe, flags, steps, args), seed, data, args, device, autocast, every)
+        print(f"recipes     | {recipe} {flags or ''} {steps} steps, seed {seed}: val {curve[-1][1]:.4f}", flush=True)
+        return curve
+
     figures = {"grid": {}, "runs": {}}
     for recipe, grid in GRIDS.items():
-        curves = {factor: train_curve(recipe, factor, 0, data, args, device, autocast) for factor in grid}
-        figures["grid"][recipe] = {factor: curve[-1][1] for factor, curve in curves.items()}
-        best = min(grid, key=lambda factor: curves[factor][-1][1])
-        more = {seed: train_curve(recipe, best, seed, data, args, device, autocast) for seed in range(1, args.seeds)}
-        figures["runs"][recipe] = {"factor": best, "curves": {0: curves[best], **more}}
-        grid_text = ", ".join(f"x{factor:g}: {loss:.3f}" for factor, loss in figures["grid"][recipe].items())
-        print(f"recipes     | {recipe}: final val loss by lr factor (seed 0): {grid_text}; best x{best:g}", flush=True)
-    gpt2, modern = figures["runs"]["gpt2"]["curves"], figures["runs"]["modern"]["curves"]
-    reached = {
-        seed: (steps_to(gpt2[seed], gpt2[seed][-1][1]), steps_to(modern[seed], gpt2[seed][-1][1])) for seed in gpt2
-    }
-    ratios = [m / g if m is not None else math.inf for g, m in reached.values()]
-    figures |= {
-        "steps_to_gpt2_final": reached,
-        "ratio_mean": sum(ratios) / len(ratios) if max(ratios) < math.inf else None,
-    }
-    steps = "; ".join(f"seed {s}: {g} vs {m if m is not None else 'not reached'}" for s, (g, m) in reached.items())
-    print(
-        f"recipes     | steps to gpt2's final val loss, gpt2 vs modern: {steps}; mean ratio {figures['ratio_mean'] or math.inf:.2f}"
+        steps = n if recipe == "gpt2" else round(BUDGET * n)
+        losses = {factor: final(recipe, scaled(recipe, factor), steps, 0)[-1][1] for factor in grid}
+        best = min(grid, key=losses.get)
+        figures["grid"][recipe] = {"steps": steps, "losses": losses, "best": best}
+        fractions = GPT2_FRACTIONS if recipe == "gpt2" else MODERN_FRACTIONS
+        figures["runs"][recipe] = {
+            seed: {
+                round(f * n): final(recipe, scaled(recipe, best), round(f * n), seed, EVAL_EVERY if f == 1 else None)
+                for f in fractions
+            }
+            for seed in range(args.seeds)
+        }
+    gpt2, modern = figures["runs"]["gpt2"], figures["runs"]["modern"]
+    ratios, crossings = [], []
+    for seed in range(args.seeds):
+        target = gpt2[seed][n][-1][1]
+        reached = [steps for steps, curve in sorted(modern[seed].items()) if curve[-1][1] <= target]
+        ratios.append(reached[0] / n if reached else math.inf)
+        crossing = next((step for step, loss in modern[seed][n] if loss <= target), None)
+        crossings.append(crossing / n if crossing is not None else math.inf)
+    figures |= {"ratios": ratios, "ratio_mean": sum(ratios) / len(ratios), "first_crossings": crossings}
+    figures["first_crossing_mean"] = sum(crossings) / len(crossings)
+    table = " | ".join(
+        f"{recipe} {steps}: " + ", ".join(f"{runs[seed][steps][-1][1]:.3f}" for seed in range(args.seeds))
+        for recipe, runs in figures["runs"].items()
+        for steps in runs[0]
     )
+    print(f"recipes     | final val loss by run length, seeds 0..{args.seeds - 1}: {table}")
+    print(
+        f"recipes     | modern's steps to gpt2's final at {n}: ratio {figures['ratio_mean']:.2f} (seeds: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); first crossing {figures['first_crossing_mean']:.2f}"
+    )
+    return figures
+
+
+def bench_ablation(args, device, autocast, dtype):
+    """Each switch alone: off in modern, on in gpt2 (modern's value), seed 0, runs of BUDGET × --recipe_steps."""
+    data, steps = shakespeare_tokens(args.text), round(BUDGET * args.recipe_steps)
+    modern = TrainConfig(**RECIPES["modern"])
+    on = {k: {k: getattr(modern, k)} for k in OFF}
+    on["muon_lr"]["embed_lr"] = modern.embed_lr  # Muon in gpt2: the embedding's lr with it
+    figures = {}
+    for recipe, changes in (("modern", {k: {k: v} for k, v in OFF.items()}), ("gpt2", on)):
+        for name, flags in {"nothing": {}, **changes}.items():
+            loss = train_run(run_config(recipe, flags, steps, args), 0, data, args, device, autocast)[-1][1]
+            figures[f"{recipe}, {name} {'off' if recipe == 'modern' else 'on'}"] = loss
+            print(
+                f"ablation    | {recipe} with {name} {'off' if recipe == 'modern' else 'on'}: val {loss:.4f}",
+                flush=True,
+            )
     return figures
