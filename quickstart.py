@@ -5,6 +5,7 @@ machine for five minutes, then two samples from it. Any train_gpt2.py flag given
     python quickstart.py                        # five minutes, a new folder in log/
     python quickstart.py --time_budget 20m      # longer, lower: the schedule fits the budget
     python quickstart.py --plan                 # how far five minutes get here, without training
+    python quickstart.py --recipe modern        # the 2024 speedruns' recipe: lower in the same five minutes
 
 It runs three commands, which docs/training.md ("The quick start, flag by flag") shows one by one.
 """
@@ -20,7 +21,8 @@ import train_gpt2
 DATA = "tinyshakespeare"  # fineweb.py's folder for --dataset tinyshakespeare, beside input.txt
 TOKENIZE = ["--dataset", "tinyshakespeare", "--shard_size", "32768"]  # 338k tokens: a val shard and ten train shards
 TRAIN = ["--data_dir", DATA, "--model", "mini", "--seq_len", "256", "--total_batch_size", "2048", "--compile"]
-TRAIN += ["--max_lr", "1e-3", "--warmup_steps", "20", "--time_budget", "5m", "--max_steps", "600"]  # 600: 4 epochs
+TRAIN += ["--time_budget", "5m", "--max_steps", "600"]  # 600: 4 epochs
+GPT2_RECIPE = ["--max_lr", "1e-3", "--warmup_steps", "20"]  # for this small model; --recipe modern brings its own
 TRAIN += ["--eval_interval", "50", "--val_tokens", "32000", "--hellaswag_interval", "0", "--sample_interval", "0"]
 SAMPLE = ["--prompt", "ROMEO:", "--num_samples", "2", "--max_new_tokens", "80"]
 
@@ -29,9 +31,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     run = ["--log_dir", f"log/shakespeare-{time.strftime('%Y%m%d-%H%M%S')}"]  # a new run each time: nothing overwritten
     cfg = train_gpt2.parse_args(TRAIN + run + argv)  # a bad flag is refused before anything is tokenized
+    flags = TRAIN + (GPT2_RECIPE if cfg.recipe == "gpt2" else []) + run + argv
     if not sorted(Path(DATA).glob(f"{DATA}_val_*.npy")):
         fineweb.main(TOKENIZE)
-    train_gpt2.main(TRAIN + run + argv)
+    train_gpt2.main(flags)
     if not cfg.plan:
         sample.main(["--checkpoint", cfg.log_dir, "--device", cfg.device, *SAMPLE])
 

@@ -499,13 +499,13 @@ class DataLoaderLite:
 RECIPES = {
     # the defaults below: GPT-2, trained as build-nanogpt does (GPT-3's AdamW and schedule)
     "gpt2": {},
-    # modded-nanogpt's first records (Jordan et al. 2024), in a few switches; the learning rates:
-    # the best of a grid at a small scale (tools/bench.py --only recipes, docs/performance.md), the
-    # soft-cap Gemma 2's order of magnitude
+    # modded-nanogpt's records (Jordan et al. 2024), in switches; at GPT-2 124M's scale as in its
+    # records 8-9, its track 3 (Muon's lr and decay) and nanochat's d12; the head's lr: the best of
+    # a small grid (tools/bench.py --only recipes, docs/performance.md); the soft-cap Gemma 2's
     "modern": dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, tied_head=False, zero_init=True)
-    | dict(logit_softcap=15.0, muon_lr=0.04, embed_lr=0.012, max_lr=0.006, warmup_steps=10, schedule="wsd")
-    # at GPT-2 124M's scale, as in modded-nanogpt's records 8-9 and nanochat's d12 (docs/performance.md)
-    | dict(embed_norm=True, split_qkv=True, head_size=128, embed_weight_decay=0.0, muon_momentum_warmup=300),
+    | dict(logit_softcap=15.0, embed_norm=True, split_qkv=True, head_size=128, warmup_steps=10, schedule="wsd")
+    | dict(muon_lr=0.025, muon_weight_decay=0.05, muon_momentum_warmup=300, embed_lr=0.012, max_lr=0.012)
+    | dict(embed_weight_decay=0.0),
 }
 WSD_DECAY = 0.4  # the share of the steps --schedule wsd decays over (modded-nanogpt's)
 

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from transformers import GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, a folder up
-from bench_recipes import bench_recipes
+from bench_recipes import bench_ablation, bench_recipes
 from timing import agreement, compare, interleaved, report, report_rates, si, sync
 
 import fineweb
@@ -85,7 +85,7 @@ FLAGS = dict(
     fineweb_docs=dict(type=int, help="documents of ~1,300 tokens to tokenize"),
     text=dict(default=str(SHAKESPEARE), help="text cut into those documents"),
     num_proc=dict(type=int, default=os.cpu_count(), help="fineweb.py's --num_proc"),
-    recipe_steps=dict(type=int, default=200, help="optimizer steps of each recipes run (tools/bench_recipes.py)"),
+    recipe_steps=dict(type=int, default=200, help="the gpt2 recipe's longest run, in steps (tools/bench_recipes.py)"),
     seeds=dict(type=int, default=3, help="seeds of each recipe at its best learning rate"),
 )
 
@@ -357,7 +357,7 @@ def parse_args(argv=None):
         "--only",
         type=lambda names: names.split(","),
         default=list(BENCHES)[:4],
-        help=f"comma-separated benchmarks to run, of {','.join(BENCHES)} (default: all but recipes)",
+        help=f"comma-separated benchmarks to run, of {','.join(BENCHES)} (default: all but recipes, ablation)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (QUICK), under any flag")
     add_flags(parser, TrainConfig, TRAIN_FLAGS)
@@ -387,7 +387,7 @@ def parse_args(argv=None):
 
 
 BENCHES = {"train": bench_train, "generate": bench_generate, "hellaswag": bench_hellaswag, "fineweb": bench_fineweb}
-BENCHES["recipes"] = bench_recipes  # minutes to an hour: only when --only names it
+BENCHES |= {"recipes": bench_recipes, "ablation": bench_ablation}  # an hour or so each: only when --only names them
 
 
 def main(argv=None):
