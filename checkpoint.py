@@ -228,6 +228,65 @@ def checkpoint_to_resume(log_dir, resume, check, log):
 
 
 # -----------------------------------------------------------------------------
+# Hugging Face's NanoChat: export_hf.py writes a --recipe modern model as one, GPT.from_pretrained reads it back
+NANOCHAT_SWITCHES = dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, embed_norm=True)
+
+
+def flip_rotation(weight, n_head):
+    """Our rotary embedding turns each (i, i + hs/2) pair of a query or key one way, transformers' NanoChat the other:
+    the second half of each head's query and key rows negated maps one onto the other, and back. Dot products, so
+    attention, are unchanged; so is each head's RMS, which both normalize (NanoChat after the rotation, we before)."""
+    halves = weight.reshape(n_head, 2, -1, weight.size(-1)).clone()  # (heads, halves, hs / 2, n_embd)
+    halves[:, 1] *= -1
+    return halves.view_as(weight)
+
+
+def nanochat_names(config):
+    """{our weight's name: NanoChatForCausalLM's} (q, k, v as split_qkv names them)."""
+    names = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        names |= {f"{ours}attn.c_{x}.weight": f"{theirs}self_attn.{x}_proj.weight" for x in "qkv"}
+        names[f"{ours}attn.c_proj.weight"] = f"{theirs}self_attn.o_proj.weight"
+        names |= {
+            f"{ours}mlp.c_fc.weight": f"{theirs}mlp.fc1.weight",
+            f"{ours}mlp.c_proj.weight": f"{theirs}mlp.fc2.weight",
+        }
+    return names
+
+
+def from_nanochat(path, hc, check, model_class, config_class):
+    """train_gpt2's GPT (model_class, of config_class) holding a NanoChatForCausalLM folder's weights, whose config
+    transformers read as hc: export_hf.nanochat_model's inverse, its config passed to check(config) before the
+    weights load. One this GPT cannot compute is refused."""
+    rope = hc.rope_parameters or {}
+    if not (rope.get("rope_type") == "default" and rope.get("rope_theta") == 10000.0 and hc.hidden_act == "relu2"):
+        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other rotary positions or activation ({rope})")
+    if (
+        hc.num_key_value_heads != hc.num_attention_heads
+        or hc.attention_bias
+        or hc.intermediate_size != 4 * hc.hidden_size
+    ):
+        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other shapes than train_gpt2.py's GPT")
+    dims = dict(block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers)
+    dims |= dict(n_head=hc.num_attention_heads, n_embd=hc.hidden_size, tied_head=hc.tie_word_embeddings)
+    # split_qkv as NanoChat keeps them; zero_init as --recipe modern has it (it only initializes)
+    switches = dict(split_qkv=True, zero_init=True, logit_softcap=hc.final_logit_softcapping or 0.0)
+    config = config_class(**dims, **NANOCHAT_SWITCHES, **switches)
+    check(config)
+    from transformers import NanoChatForCausalLM  # transformers 5: it read the config
+
+    model, state = model_class(config), NanoChatForCausalLM.from_pretrained(path).state_dict()
+    with torch.no_grad():
+        for ours, theirs in nanochat_names(config).items():
+            weight = state[theirs]
+            if ours.endswith(("c_q.weight", "c_k.weight")):
+                weight = flip_rotation(weight, config.n_head)
+            model.get_parameter(ours).copy_(weight)
+    return model
+
+
+# -----------------------------------------------------------------------------
 # long runs: one run per log dir, checkpoints every few minutes and on a signal, bounded disk use
 def lock_log_dir(log_dir):
     """Create log_dir and hold it for this run: an flock on <log_dir>/train.lock, which the operating system

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
+from checkpoint import NANOCHAT_SWITCHES, flip_rotation, nanochat_names
 from cli import ArgumentParser, InputError
 from tokenizer import GPT2_VOCAB_SIZE, gpt2_tokenizer
-from train_gpt2 import GPT, HF_TRANSPOSED, GPTConfig
+from train_gpt2 import GPT, HF_TRANSPOSED
 
 # the switches each transformers class holds at these values (the others: any)
 GPT2_SWITCHES = dict(rope=False, qk_norm=False, relu2=False, rmsnorm=False, bias=True, tied_head=True)
 GPT2_SWITCHES |= dict(logit_softcap=0.0, embed_norm=False)
-NANOCHAT_SWITCHES = dict(rope=True, qk_norm=True, relu2=True, rmsnorm=True, bias=False, embed_norm=True)
 
 
 def hf_config(config, vocab_size=None, **kwargs):
@@ -147,29 +147,6 @@ def nanochat_classes():
     return NanoChatConfig, NanoChatForCausalLM
 
 
-def flip_rotation(weight, n_head):
-    """Our rotary embedding turns each (i, i + hs/2) pair of a query or key one way, transformers' NanoChat the other:
-    the second half of each head's query and key rows negated maps one onto the other, and back. Dot products, so
-    attention, are unchanged; so is each head's RMS, which both normalize (NanoChat after the rotation, we before)."""
-    halves = weight.reshape(n_head, 2, -1, weight.size(-1)).clone()  # (heads, halves, hs / 2, n_embd)
-    halves[:, 1] *= -1
-    return halves.view_as(weight)
-
-
-def nanochat_names(config):
-    """{our weight's name: NanoChatForCausalLM's} (q, k, v as split_qkv names them)."""
-    names = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
-    for i in range(config.n_layer):
-        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
-        names |= {f"{ours}attn.c_{x}.weight": f"{theirs}self_attn.{x}_proj.weight" for x in "qkv"}
-        names[f"{ours}attn.c_proj.weight"] = f"{theirs}self_attn.o_proj.weight"
-        names |= {
-            f"{ours}mlp.c_fc.weight": f"{theirs}mlp.fc1.weight",
-            f"{ours}mlp.c_proj.weight": f"{theirs}mlp.fc2.weight",
-        }
-    return names
-
-
 def nanochat_model(model):
     """transformers' NanoChatForCausalLM holding our weights, without the padded vocabulary rows."""
     NanoChatConfig, NanoChatForCausalLM = nanochat_classes()
@@ -202,35 +179,6 @@ def nanochat_model(model):
     hf = NanoChatForCausalLM(config)
     hf.load_state_dict(state)
     return hf
-
-
-def gpt_from_nanochat(path, hc, check):
-    """Our GPT holding a NanoChatForCausalLM folder's weights (nanochat_model's inverse), its config passed to
-    check(config) before the weights load. One this GPT cannot compute is refused."""
-    rope = hc.rope_parameters or {}
-    if not (rope.get("rope_type") == "default" and rope.get("rope_theta") == 10000.0 and hc.hidden_act == "relu2"):
-        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other rotary positions or activation ({rope})")
-    if (
-        hc.num_key_value_heads != hc.num_attention_heads
-        or hc.attention_bias
-        or hc.intermediate_size != 4 * hc.hidden_size
-    ):
-        raise InputError(f"from_pretrained: {path!r} is a NanoChat of other shapes than train_gpt2.py's GPT")
-    dims = dict(block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers)
-    dims |= dict(n_head=hc.num_attention_heads, n_embd=hc.hidden_size, tied_head=hc.tie_word_embeddings)
-    # split_qkv as NanoChat keeps them; zero_init as --recipe modern has it (it only initializes)
-    switches = dict(split_qkv=True, zero_init=True, logit_softcap=hc.final_logit_softcapping or 0.0)
-    config = GPTConfig(**dims, **NANOCHAT_SWITCHES, **switches)
-    check(config)
-    hf = nanochat_classes()[1].from_pretrained(path)
-    model, state = GPT(config), hf.state_dict()
-    with torch.no_grad():
-        for ours, theirs in nanochat_names(config).items():
-            weight = state[theirs]
-            if ours.endswith(("c_q.weight", "c_k.weight")):
-                weight = flip_rotation(weight, config.n_head)
-            model.get_parameter(ours).copy_(weight)
-    return model
 
 
 def main(argv=None):

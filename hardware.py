@@ -1,8 +1,9 @@
 """
 The hardware decisions the scripts ask about, answered: which device, which autocast dtype and why, the micro-batch
-that fits a GPU, whether torch.compile works on this machine, the peak FLOP/s that MFU divides by; and FSDP's
-sharding and whole copy of the weights. The scripts then call torch themselves (torch.autocast, torch.compile, the
-process group). Every script's --device and --dtype end here; nothing here imports a script.
+that fits a GPU, whether torch.compile works on this machine, the peak FLOP/s that MFU divides by, Muon in a
+precision the device computes fast; and FSDP's sharding and whole copy of the weights. The scripts then call torch
+themselves (torch.autocast, torch.compile, the process group). Every script's --device and --dtype end here; nothing
+here imports a script.
 """
 
 import contextlib
@@ -43,9 +44,10 @@ def native_bf16(device):
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon, its Newton-Schulz iterations in float32 where the device has no native bf16 (torch's run in
-    bf16, which such a CPU emulates: 9 s of an 11 s `mini` step on 2 AMD EPYC cores without AVX-512). Elsewhere
-    torch's own step. The same state either way (a momentum_buffer per matrix): checkpoints move between them."""
+    """torch.optim.Muon, its Newton-Schulz iterations in float32 where the device has no native bf16: torch's run in
+    bf16, which such a CPU emulates (a `mini` step of 1,024 tokens on 2 AMD EPYC cores without AVX-512: Muon 9.8 s
+    of 11.6 s; in float32 0.2 s). Elsewhere torch's own step. The state is the same (a momentum_buffer per matrix):
+    checkpoints move between them."""
 
     @torch.no_grad()
     def step(self):

@@ -283,9 +283,7 @@ class GPT(nn.Module):
         try:  # the config first, a small file: another architecture is refused before its weights
             hc = AutoConfig.from_pretrained(name_or_path)
             if hc.model_type == "nanochat":  # a --recipe modern model, as export_hf.py writes it
-                import export_hf  # which imports this file: here, not at the top
-
-                return export_hf.gpt_from_nanochat(name_or_path, hc, check)
+                return checkpoint.from_nanochat(name_or_path, hc, check, cls, GPTConfig)
             activation = getattr(hc, "activation_function", None)
             plain = hc.model_type == "gpt2" and activation == "gelu_new"
             if not plain or hc.scale_attn_by_inverse_layer_idx or hc.reorder_and_upcast_attn:

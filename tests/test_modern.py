@@ -88,7 +88,7 @@ def test_both_recipes_optimizers_step_as_torchs_muon_and_adamw_driven_by_hand():
             groups = [dict(params=[params["lm_head.weight"]], weight_decay=0.0)]  # --embed_weight_decay 0
             groups += [dict(params=[params["transformer.wte.weight"]], weight_decay=0.0, lr=0.006)]
             assert len(matrices) + 2 == len(params)  # no biases, no norm gains
-            hand = [hardware.Muon(matrices, lr=0.02, weight_decay=0.0), torch.optim.AdamW(groups, lr=3e-3, **adamw)]
+            hand = [hardware.Muon(matrices, lr=0.02, weight_decay=0.05), torch.optim.AdamW(groups, lr=3e-3, **adamw)]
         else:
             groups = [dict(params=[p for p in params.values() if p.dim() >= 2], weight_decay=0.1)]
             groups += [dict(params=[p for p in params.values() if p.dim() < 2], weight_decay=0.0)]
@@ -274,10 +274,10 @@ def test_each_optimizer_group_gets_its_schedule_inside_a_run(train, tiny, shakes
             for recipe in ("modern", "gpt2")
         }
         (muon,), adamw = saved["modern"][0]["param_groups"], saved["modern"][1]["param_groups"]
-        assert muon["lr"] == pytest.approx(0.04 * wsd[step]) and muon["weight_decay"] == 0.01
+        assert muon["lr"] == pytest.approx(RECIPES["modern"]["muon_lr"] * wsd[step]) and muon["weight_decay"] == 0.01
         assert muon["momentum"] == pytest.approx(0.85 + 0.1 * min(1, step / 4))  # modded-nanogpt's warm-up
         peaks = {group["initial_lr"]: group for group in adamw}  # the head at --max_lr, the embedding at --embed_lr
-        assert sorted(peaks) == [3e-3, 0.012] and all(group["weight_decay"] == 0.0 for group in adamw)
+        assert sorted(peaks) == [3e-3, RECIPES["modern"]["embed_lr"]] and all(g["weight_decay"] == 0.0 for g in adamw)
         assert all(group["lr"] == pytest.approx(peak * wsd[step]) for peak, group in peaks.items())
         decay, no_decay = saved["gpt2"][0]["param_groups"]
         assert decay["lr"] == no_decay["lr"] == pytest.approx(3e-3 * cosine[step])
