@@ -80,7 +80,7 @@ def gpt2_tokenizer_files(enc):
 
 
 def export_hf(model, out_dir):
-    """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2: the inverse of
+    """Write our GPT into out_dir (new, or an empty folder) as a Hugging Face GPT-2 or NanoChat: the inverse of
     GPT.from_pretrained. It is written beside out_dir and renamed, so an interrupted export leaves nothing."""
     convert = hf_class(model.config)  # before anything is written: a model neither class holds is refused
     out_dir = Path(out_dir).resolve()  # "." has no name to put the temporary folder beside
@@ -106,10 +106,11 @@ def hf_model(model):
 
     n_vocab = min(model.config.vocab_size, GPT2_VOCAB_SIZE)
     hf = GPT2LMHeadModel(hf_config(model.config, vocab_size=n_vocab))
-    state = {
-        k: (v.t() if k.endswith(HF_TRANSPOSED) else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for layer in [k.removesuffix("c_q.weight") for k in state if k.endswith("c_q.weight")]:  # split_qkv: fused
+        for kind in ("weight", "bias"):
+            state[f"{layer}c_attn.{kind}"] = torch.cat([state.pop(f"{layer}c_{x}.{kind}") for x in "qkv"])
+    state = {k: (v.t() if k.endswith(HF_TRANSPOSED) else v).contiguous() for k, v in state.items()}
     state["transformer.wte.weight"] = state["lm_head.weight"] = state["lm_head.weight"][:n_vocab]
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith(".attn.bias") for k in missing), (missing, unexpected)

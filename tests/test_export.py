@@ -37,6 +37,21 @@ def test_exported_model_has_our_logits(exported):
     assert torch.equal(GPT.from_pretrained(str(out)).lm_head.weight, model.float().lm_head.weight[:50257])  # and back
 
 
+def test_q_k_v_as_three_matrices_export_fused_as_gpt2s(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=64, split_qkv=True)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    export_hf(model, tmp_path / "hf")
+    idx = torch.randint(0, 50257, (2, 32))
+    with torch.no_grad():
+        logits = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").double()(idx).logits
+        torch.testing.assert_close(logits, model(idx)[0][..., :50257], atol=1e-9, rtol=0)
+
+
 def varied_strings(shared_data):
     rng = random.Random(0)
     lines = [l for l in (shared_data / "tinyshakespeare" / "input.txt").read_text().splitlines() if l.strip()]
