@@ -254,8 +254,10 @@ class Pace:
             self.fixed = self.reads_horizon(next_step, cfg.max_steps)
         elif cfg.schedule == "cosine" and not self.corrected and next_step >= cfg.max_steps / 4:
             old, start, new = cfg.max_steps, cfg.warmup_steps, self.plan(step)
-            if new > next_step:  # the cosine's start moved so that its progress at next_step is kept
-                progress = (next_step - start) / (old - start)
+            progress = (next_step - start) / max(old - start, 1)
+            if progress >= 1:  # the cosine has ended (a loaded machine: a quarter came late): it stays so
+                new = old
+            elif new > next_step:  # the cosine's start moved so that its progress at next_step is kept
                 cfg.warmup_steps = (next_step - progress * new) / (1 - progress)
             cfg.max_steps, self.corrected = new, True
 

@@ -81,7 +81,9 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_annealed(
 def test_a_budgeted_run_resumed_after_sigterm_keeps_its_plan_bitwise(
     start, train, tiny, shakespeare_shards, snapshot_of, tmp_path
 ):
-    args = args_of(tiny, shakespeare_shards, tmp_path / "budget", "--time_budget", "12s", "--schedule", "wsd")
+    # a warmup of one step: a loaded machine's short plan would shorten a longer one, which the plain run keeps
+    wsd = ["--schedule", "wsd", "--warmup_steps", "1"]
+    args = args_of(tiny, shakespeare_shards, tmp_path / "budget", "--time_budget", "12s", *wsd)
     proc = start("train_gpt2.py", *args, env=ONE_CORE)
     fixed = ""
     while "(fixed)" not in fixed:  # wsd's plan is fixed where the decay starts
@@ -103,7 +105,7 @@ def test_a_budgeted_run_resumed_after_sigterm_keeps_its_plan_bitwise(
     assert 0 < final["pace"]["spent"] - stopped["pace"]["spent"] < wall  # the downtime is not counted
 
     # with the plan fixed, the run is the plain one of that many steps: wsd reads only the horizon
-    plain = args_of(tiny, shakespeare_shards, tmp_path / "plain", "--max_steps", horizon, "--schedule", "wsd")
+    plain = args_of(tiny, shakespeare_shards, tmp_path / "plain", "--max_steps", horizon, *wsd)
     proc = train(*plain, env=ONE_CORE)
     assert proc.returncode == 0, proc.stderr
     expected = load_checkpoint(tmp_path / "plain" / f"model_{horizon:05d}.pt")

@@ -41,7 +41,7 @@ def test_q_k_v_as_three_matrices_export_fused_as_gpt2s(tmp_path):
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=64, split_qkv=True)).double()
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=64, split_qkv=True))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)
@@ -49,7 +49,7 @@ def test_q_k_v_as_three_matrices_export_fused_as_gpt2s(tmp_path):
     idx = torch.randint(0, 50257, (2, 32))
     with torch.no_grad():
         logits = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").double()(idx).logits
-        torch.testing.assert_close(logits, model(idx)[0][..., :50257], atol=1e-9, rtol=0)
+        torch.testing.assert_close(logits, model.double()(idx)[0][..., :50257], atol=1e-9, rtol=0)
 
 
 def varied_strings(shared_data):
