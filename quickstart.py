@@ -5,7 +5,7 @@ machine for five minutes, then two samples from it. Any train_gpt2.py flag given
     python quickstart.py                        # five minutes, a new folder in log/
     python quickstart.py --time_budget 20m      # longer, lower: the schedule fits the budget
     python quickstart.py --plan                 # how far five minutes get here, without training
-    python quickstart.py --recipe modern        # the 2024 speedruns' recipe: lower in the same five minutes
+    python quickstart.py --recipe modern        # the same five minutes with the 2024 speedruns' recipe
 
 It runs three commands, which docs/training.md ("The quick start, flag by flag") shows one by one.
 """
