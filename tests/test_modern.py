@@ -248,6 +248,17 @@ def test_rmsnorm_relu2_and_bias_act_where_the_model_has_them():
         assert any(name.endswith("bias") for name, _ in model.named_parameters()) != on
 
 
+def test_an_untied_head_learns_apart_from_the_embedding():
+    for tied in (True, False):
+        model = random_model(**{**MODERN, "tied_head": tied})
+        model(IDX, IDX)[1].backward()
+        wte, head = model.transformer.wte.weight, model.lm_head.weight
+        assert (wte is head) == tied  # one tensor, whose gradient sums the lookup's and the head's
+        if not tied:  # the head's gradient reaches the head alone: only the rows the ids look up move in wte
+            assert head.grad.abs().sum(-1).gt(0).sum() > IDX.unique().numel()
+            assert wte.grad.abs().sum(-1).gt(0).sum() == IDX.unique().numel()
+
+
 def test_head_size_sets_the_heads_unless_n_head_is_given():
     def heads(*flags):
         return make_model_config(parse_args(["--recipe", "modern", "--seq_len", "64", *flags])).n_head
