@@ -7,11 +7,11 @@ Both recipes train the model of the flags (--model, --n_embd, --seq_len, --batch
 tokens, the whole 50,304-row vocabulary, the same sequences in the same order, none twice (at most one epoch: a
 faster optimizer would overfit sooner and confound the comparison). Each recipe's learning rates are first scaled by
 each factor of its grid (GRIDS) at seed 0, gpt2 over its longest run, modern over BUDGET of it; the best final val
-loss chooses the factor. Then, for --seeds seeds: gpt2 runs of GPT2_FRACTIONS × --recipe_steps steps and modern runs
-of MODERN_FRACTIONS × --recipe_steps, each scored on the val split at its end. The ratio: the fewest modern steps
-whose final val loss reaches the gpt2 recipe's final at --recipe_steps, over --recipe_steps, the mean over seeds.
-The first-crossing ratio (the old, flattering sense): the first evaluation inside modern's --recipe_steps run at or
-below that loss.
+loss chooses the factor (a best at the grid's edge extends the grid by a factor of 2 that way, until it is inside).
+Then, for --seeds seeds: gpt2 runs of GPT2_FRACTIONS × --recipe_steps steps and modern runs of MODERN_FRACTIONS ×
+--recipe_steps, each scored on the val split at its end. The ratio: the fewest modern steps whose final val loss
+reaches the gpt2 recipe's final at --recipe_steps, over --recipe_steps, the mean over seeds. The first-crossing
+ratio (the old, flattering sense): the first evaluation inside modern's --recipe_steps run at or below that loss.
 """
 
 import dataclasses
@@ -106,9 +106,12 @@ def bench_recipes(args, device, autocast, dtype):
     figures = {"grid": {}, "runs": {}}
     for recipe, grid in GRIDS.items():
         steps = n if recipe == "gpt2" else round(BUDGET * n)
-        curves = {factor: final(recipe, scaled(recipe, factor), steps, 0) for factor in grid}
-        losses = {factor: curve[-1][1] for factor, curve in curves.items()}
-        best = min(grid, key=losses.get)
+        curves, factors = {}, list(grid)
+        while factors:  # a best factor at the grid's edge: the grid goes on by a factor of 2 that way
+            curves |= {factor: final(recipe, scaled(recipe, factor), steps, 0) for factor in factors}
+            losses = {factor: curve[-1][1] for factor, curve in sorted(curves.items())}
+            best, edges = min(losses, key=losses.get), (min(losses), max(losses))
+            factors = [best / 2] if best == edges[0] else [best * 2] if best == edges[1] else []
         figures["grid"][recipe] = {"steps": steps, "losses": losses, "best": best}
         fractions = GPT2_FRACTIONS if recipe == "gpt2" else MODERN_FRACTIONS
         runs = figures["runs"][recipe] = {seed: {} for seed in range(args.seeds)}
@@ -144,18 +147,20 @@ def bench_recipes(args, device, autocast, dtype):
 
 def bench_ablation(args, device, autocast, dtype):
     """Each switch alone: off in modern, on in gpt2 (modern's value; Muon with its lr, decay and warm-up, the
-    embedding at modern's lr), seed 0, runs of BUDGET × --recipe_steps, the recipes' own learning rates."""
+    embedding at modern's lr), seed 0, runs of BUDGET × --recipe_steps, the recipes' own learning rates. Then where
+    modern's lead comes from: gpt2 with Muon and an untied head at modern's lr; modern at gpt2's AdamW lr."""
     data, steps = shakespeare_tokens(args.text), round(BUDGET * args.recipe_steps)
-    modern = TrainConfig(**RECIPES["modern"])
+    modern, gpt2 = TrainConfig(**RECIPES["modern"]), TrainConfig(**RECIPES["gpt2"])
     on = {k: {k: getattr(modern, k)} for k in OFF if k not in MUON[2:]}  # Muon's settings: with Muon
     on["muon_lr"] = {k: getattr(modern, k) for k in MUON}
+    off = {k: {k: v} for k, v in OFF.items()}
+    runs = {f"modern, {name} off": ("modern", flags) for name, flags in {"nothing": {}, **off}.items()}
+    runs |= {f"gpt2, {name} on": ("gpt2", flags) for name, flags in {"nothing": {}, **on}.items()}
+    untied = dict(tied_head=False, max_lr=modern.max_lr)
+    runs["gpt2, Muon and an untied head at modern's lr"] = ("gpt2", on["muon_lr"] | untied)
+    runs["modern, gpt2's AdamW lr"] = ("modern", dict(max_lr=gpt2.max_lr, embed_lr=gpt2.max_lr))
     figures = {}
-    for recipe, changes in (("modern", {k: {k: v} for k, v in OFF.items()}), ("gpt2", on)):
-        for name, flags in {"nothing": {}, **changes}.items():
-            loss = train_run(run_config(recipe, flags, steps, args), 0, data, args, device, autocast)[-1][1]
-            figures[f"{recipe}, {name} {'off' if recipe == 'modern' else 'on'}"] = loss
-            print(
-                f"ablation    | {recipe} with {name} {'off' if recipe == 'modern' else 'on'}: val {loss:.4f}",
-                flush=True,
-            )
+    for name, (recipe, flags) in runs.items():
+        figures[name] = train_run(run_config(recipe, flags, steps, args), 0, data, args, device, autocast)[-1][1]
+        print(f"ablation    | {name}: val {figures[name]:.4f}", flush=True)
     return figures
