@@ -174,9 +174,8 @@ def nanochat_model(model):
     for name in [k for k in state if k.endswith(("c_q.weight", "c_k.weight"))]:
         state[name] = flip_rotation(state[name], c.n_head)
     state = {theirs: state[ours].contiguous() for ours, theirs in nanochat_names(c).items()}
-    state["model.embed_tokens.weight"], state["lm_head.weight"] = (
-        state[k][:n_vocab] for k in ("model.embed_tokens.weight", "lm_head.weight")
-    )
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[name] = state[name][:n_vocab]
     hf = NanoChatForCausalLM(config)
     hf.load_state_dict(state)
     return hf

@@ -861,7 +861,7 @@ def parse_args(argv=None):
 
 def check_model_config(parser, model_config, args):
     if model_config.n_embd % model_config.n_head:
-        parser.error(f"--n_embd {model_config.n_embd} is not divisible by --n_head {model_config.n_head}")
+        parser.error(f"{model_config.n_head} heads do not divide --n_embd {model_config.n_embd} (--n_head/--head_size)")
     if args.seq_len > model_config.block_size:
         parser.error(
             f"--seq_len {args.seq_len} exceeds the {args.model or 'gpt2'} block_size of {model_config.block_size}"

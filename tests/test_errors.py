@@ -215,7 +215,8 @@ BAD_INPUTS = [
     row("time budget of no time", "train", ["--time_budget", "0h"], 2, "'0h' is no time: give a positive duration"),
     row("time budget too short for a step", "train", ["--time_budget", "0.05s"], 1, "--time_budget of 0.05 s is too short for one step"),
     row("plan with resume", "train", ["--plan", "--resume"], 2, "--plan times a new run"),
-    row("heads do not divide width", "train", ["--n_head", "3"], 2, "not divisible by --n_head 3"),
+    row("heads do not divide width", "train", ["--n_head", "3"], 2, "3 heads do not divide --n_embd 64"),
+    row("head size does not divide width", "train", ["--head_size", "3"], 2, "21 heads do not divide --n_embd 64 (--n_head/--head_size)"),
     row("unknown model preset", "train", ["--model", "gpt7"], 2, "'gpt7'"),
     # cuda:99 is missing on every machine, GPU or not (mps too is refused where it is missing)
     row("unavailable device", "train", ["--device", "cuda:99"], 1, "--device cuda:99"),
@@ -337,6 +338,8 @@ BAD_INPUTS = [
     row("checkpoint whose weights do not fit its config", "hellaswag", ["--checkpoint", "{tmp}/model_00001.pt"], 1, "model_00001.pt",
         file("model_00001.pt", misfit_checkpoint)),
     row("Hugging Face model unavailable offline", "hellaswag", ["-m", "gpt5"], 1, "cannot load 'gpt5'"),
+    row("Hugging Face folder of another architecture", "hellaswag", ["-m", "{tmp}/llama"], 1, "is a llama: hellaswag.py -m scores",
+        file("llama/config.json", b'{"model_type": "llama"}')),
     # fineweb.py: flags
     row("unknown flag", "fineweb", ["--input", "{tmp}/docs.txt", "--no_such_flag"], 2, "--no_such_flag"),
     row("zero shard size", "fineweb", ["--input", "{tmp}/docs.txt", "--shard_size", "0"], 2, "--shard_size"),
